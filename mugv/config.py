@@ -1,0 +1,427 @@
+"""One typed configuration tree for every mugv run.
+
+A run is described by a `RunConfig` dataclass tree. It is built from a named TOML profile
+(`configs/NAME.toml`, or a path), which may `extends` another profile, plus dotted command-line
+overrides such as `--optim.lr=1e-4`. Every key is checked against the dataclasses: an unknown or
+misspelt key is an error naming the key and the closest valid one. Defaults live in the
+dataclasses only.
+
+A section whose dataclass has a `preset(name)` classmethod (the model) takes `preset = "10b"`
+first and then applies its other keys on top, so `--model.preset=2b --model.depth=4` works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import tomli_w
+
+from mugv.models.dit.config import DiTConfig
+
+T = TypeVar("T")
+
+PROFILE_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class _CliText(str):
+    """A value typed on the command line: parsed according to the field it lands in."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+NEGATIVE_PROMPT = (
+    "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
+    "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, "
+    "signature, watermark, username, blurry"
+)
+
+
+@dataclass
+class FlowConfig:
+    """Rectified-flow objective and sampler (MUGV-SPEC section 2)."""
+
+    num_train_timesteps: int = 1000
+    timestep_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: bool = True
+    base_resolution: int = 512 * 512
+    # "latent" uses the sample's latent frame count, as inference does. The release trained with
+    # a fixed 10 ("fixed"), a train/inference mismatch kept available for exact reproduction.
+    shift_frames: Literal["latent", "fixed"] = "latent"
+    shift_fixed_frames: int = 10
+    image_loss_weight: float = 0.3
+    sample_steps: int = 25
+    cfg_scale: float = 4.0
+    negative_prompt: str = NEGATIVE_PROMPT
+
+    def validate(self) -> None:
+        _require(self.logit_std > 0, "flow.logit_std", self.logit_std, "must be > 0")
+        _require(self.sample_steps >= 1, "flow.sample_steps", self.sample_steps, "must be >= 1")
+        _require(self.base_resolution > 0, "flow.base_resolution", self.base_resolution, "must be > 0")
+
+
+@dataclass
+class DataConfig:
+    """Where training samples come from. `synthetic` draws a fixed, seeded pool of latents."""
+
+    source: Literal["synthetic"] = "synthetic"
+    batch_size: int = 2
+    num_samples: int = 64
+    latent_frames: int = 3
+    latent_height: int = 8
+    latent_width: int = 8
+    text_tokens: int = 16
+    fps: float = 24.0
+    i2v_prob: float = 0.5
+    caption_dropout: float = 0.1
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _require(self.num_samples >= 1, "data.num_samples", self.num_samples, "must be >= 1")
+        for name in ("latent_frames", "latent_height", "latent_width", "text_tokens"):
+            _require(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), "must be >= 1")
+        for name in ("i2v_prob", "caption_dropout"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"data.{name}", value, "must be within [0, 1]")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    min_lr_ratio: float = 0.0
+
+    def validate(self) -> None:
+        _require(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
+        _require(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio", self.min_lr_ratio, "must be within [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def validate(self) -> None:
+        _require(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
+
+
+@dataclass
+class ParallelConfig:
+    """Degrees of each parallel axis; -1 for dp_shard means 'whatever the world size leaves'."""
+
+    dp_replicate: int = 1
+    dp_shard: int = -1
+    tp: int = 1
+    cp: int = 1
+    pp: int = 1
+    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    compile: bool = False
+
+    def validate(self) -> None:
+        for name in ("dp_replicate", "tp", "cp", "pp"):
+            _require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "must be >= 1")
+        _require(self.dp_shard == -1 or self.dp_shard >= 1, "parallel.dp_shard", self.dp_shard, "must be -1 or >= 1")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = ""  # empty: <run_dir>/checkpoints
+    every_steps: int = 0  # 0: only at the end of training
+    keep_last: int = 3
+    resume: str = "auto"  # "auto" (latest in dir), "none", or a checkpoint directory
+    init_weights: str = ""  # start from these weights (ours .safetensors or MUG-V dit.pt)
+
+    def validate(self) -> None:
+        _require(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")
+        _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+    # Peak dense bf16 TFLOP/s of one device for MFU; 0 looks the device up (unknown devices: no MFU).
+    peak_tflops: float = 0.0
+
+    def validate(self) -> None:
+        _require(self.every_steps >= 1, "logging.every_steps", self.every_steps, "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    name: str = "debug"
+    run_dir: str = ""  # empty: runs/<name>
+    model: DiTConfig = field(default_factory=DiTConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        _require(
+            self.data.text_tokens <= self.model.max_text_tokens,
+            "data.text_tokens",
+            self.data.text_tokens,
+            f"exceeds model.max_text_tokens = {self.model.max_text_tokens}",
+        )
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.resolved_run_dir / "checkpoints"
+
+
+def _require(ok: bool, key: str, value: Any, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} {message}")
+
+
+# --------------------------------------------------------------------------------------------
+# Building a tree from dictionaries
+# --------------------------------------------------------------------------------------------
+
+
+def dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every valid dotted key of a dataclass tree, sections included."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        ftype = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(ftype):
+            keys.extend(dotted_keys(ftype, key + "."))
+    return keys
+
+
+def _unknown_key_error(root: type, key: str) -> ConfigError:
+    valid = dotted_keys(root)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, ftype: Any, key: str) -> Any:
+    """Check `value` against the annotation `ftype`; parse it first if it came from the CLI."""
+    if isinstance(value, _CliText) and ftype is not str:
+        value = _parse_cli_text(value, ftype)
+    origin = typing.get_origin(ftype)
+    args = typing.get_args(ftype)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} = {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} must be a list")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key} = {value!r} must have {len(args)} items")
+            items = [_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            item_type = args[0] if args else Any
+            items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if ftype is Any:
+        return value
+    if ftype is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} must be true or false")
+        return value
+    if ftype is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r} must be an integer")
+        return value
+    if ftype is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r} must be a number")
+        return float(value)
+    if ftype is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} must be a string")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported annotation {ftype!r}")
+
+
+def _parse_cli_text(text: str, ftype: Any) -> Any:
+    if ftype is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return str(text)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, root: type | None = None, prefix: str = "") -> T:
+    """Build dataclass `cls` from a (nested) dict, checking every key and value."""
+    root = root or cls
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
+    data = dict(data)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown_key_error(root, prefix + key)
+    preset = data.get("preset")
+    if preset is not None and hasattr(cls, "preset"):
+        base = cls.preset(_coerce(preset, str, prefix + "preset"))
+    else:
+        base = cls()
+    values = {}
+    for name in names:
+        key = prefix + name
+        ftype = hints[name]
+        if name not in data:
+            values[name] = getattr(base, name)
+        elif dataclasses.is_dataclass(ftype):
+            values[name] = from_dict(ftype, data[name], root=root, prefix=key + ".")
+        else:
+            values[name] = _coerce(data[name], ftype, key)
+    cfg = cls(**values)
+    if hasattr(cfg, "validate"):
+        cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The tree as plain TOML-able values (None fields are left out)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif value is not None:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def to_toml(cfg: Any) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Profiles and overrides
+# --------------------------------------------------------------------------------------------
+
+
+def find_profile(name: str) -> Path:
+    path = Path(name)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    for directory in PROFILE_DIRS:
+        candidate = directory / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in PROFILE_DIRS if d.is_dir() for p in d.glob("*.toml")})
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"no config profile named '{name}'{hint}; known profiles: {', '.join(known) or 'none'}")
+
+
+def load_profile_dict(name: str, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile's raw table, with `extends = "other"` resolved (the child wins)."""
+    path = find_profile(name).resolve()
+    if path in _seen:
+        raise ConfigError(f"config profiles extend each other in a cycle: {' -> '.join(map(str, _seen + (path,)))}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return deep_merge(load_profile_dict(parent, _seen + (path,)), data)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["optim.lr=1e-4", "--model.preset", "2b"]` -> nested dict of CLI text values."""
+    tree: dict[str, Any] = {}
+    pending: str | None = None
+    for item in items:
+        if pending is not None:
+            key, text = pending, item
+            pending = None
+        else:
+            stripped = item[2:] if item.startswith("--") else item
+            if "=" not in stripped:
+                if not item.startswith("--"):
+                    raise ConfigError(f"override {item!r} must look like --section.key=value")
+                pending = stripped
+                continue
+            key, text = stripped.split("=", 1)
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r} sets a key inside a value")
+        node[parts[-1]] = _CliText(text)
+    if pending is not None:
+        raise ConfigError(f"override --{pending} has no value")
+    return tree
+
+
+def load_config(
+    profile: str | None = None, overrides: list[str] | None = None, cls: type[T] = RunConfig
+) -> T:
+    """Build and validate a config from a profile name or path and dotted overrides."""
+    data = load_profile_dict(profile) if profile else {}
+    data = deep_merge(data, parse_overrides(overrides or []))
+    return from_dict(cls, data)
