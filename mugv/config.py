@@ -6,7 +6,7 @@ overrides such as `--optim.lr=1e-4`. Every key is checked against the dataclasse
 misspelt key is an error naming the key and the closest valid one. Defaults live in the
 dataclasses only.
 
-A section whose dataclass has a `preset(name)` classmethod (the model) takes `preset = "10b"`
+A section whose dataclass has a `from_preset(name)` classmethod (the model) takes `preset = "10b"`
 first and then applies its other keys on top, so `--model.preset=2b --model.depth=4` works.
 """
 
@@ -304,12 +304,18 @@ def from_dict(cls: type[T], data: dict[str, Any], *, root: type | None = None, p
     data = dict(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
+    for key, value in data.items():
         if key not in names:
+            while isinstance(value, dict) and value:  # name the full dotted key of a misspelt section
+                inner, value = next(iter(value.items()))
+                key = f"{key}.{inner}"
             raise _unknown_key_error(root, prefix + key)
     preset = data.get("preset")
-    if preset is not None and hasattr(cls, "preset"):
-        base = cls.preset(_coerce(preset, str, prefix + "preset"))
+    if preset is not None and hasattr(cls, "from_preset"):
+        try:
+            base = cls.from_preset(_coerce(preset, str, prefix + "preset"))
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}preset: {exc}") from exc
     else:
         base = cls()
     values = {}

@@ -62,7 +62,7 @@ class DiTConfig:
                 raise ConfigError(f"model.{name} = {getattr(self, name)} must be >= 1")
 
     @classmethod
-    def preset(cls, name: str) -> "DiTConfig":
+    def from_preset(cls, name: str) -> "DiTConfig":
         if name not in PRESETS:
             raise UnknownPresetError(f"unknown model preset '{name}'; known presets: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name])

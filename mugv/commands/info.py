@@ -1,0 +1,39 @@
+"""`mugv info`: parameter count and training FLOPs of a model preset."""
+
+from __future__ import annotations
+
+import argparse
+
+from mugv.models.dit.config import DiTConfig, PRESETS, latent_shape_for_pixels
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="parameter count and FLOPs of a model preset")
+    parser.add_argument("--model", default="10b", choices=list(PRESETS), help="model preset (default: 10b)")
+    parser.add_argument("--frames", type=int, help="clip length in pixel frames (e.g. 105 for 5 s at ~20 fps)")
+    parser.add_argument("--height", type=int, help="clip height in pixels")
+    parser.add_argument("--width", type=int, help="clip width in pixels")
+    parser.add_argument("--text-tokens", type=int, default=None, help="real text tokens (default: the model's maximum)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, _: list[str]) -> int:
+    cfg = DiTConfig.from_preset(args.model)
+    params = cfg.num_params()
+    print(f"model {args.model}: depth {cfg.depth}, hidden {cfg.hidden_size}, heads {cfg.num_heads} x {cfg.head_dim}, "
+          f"text dim {cfg.text_dim}")
+    print(f"parameters: {params:,} ({params / 1e9:.2f} B)")
+    sizes = (args.frames, args.height, args.width)
+    if any(v is not None for v in sizes):
+        if any(v is None for v in sizes):
+            raise SystemExit("mugv info: give --frames, --height and --width together")
+        t, h, w = latent_shape_for_pixels(*sizes)
+        text = args.text_tokens if args.text_tokens is not None else cfg.max_text_tokens
+        tokens = cfg.num_tokens(t, h, w)
+        train = cfg.train_flops(t, h, w, text)
+        megatron = cfg.megatron_train_flops(t, h, w, text)
+        print(f"clip {args.frames} x {args.height} x {args.width} -> latent {t} x {h} x {w} -> {tokens:,} tokens "
+              f"({tokens - 2:,} video + start/end), {text} text tokens")
+        print(f"training FLOPs per sample (forward + backward): {train:.4e} ({train / 1e15:.1f} PFLOP)")
+        print(f"  forward {cfg.forward_flops(t, h, w, text):.4e}; the release's MFU formula gives {megatron:.4e}")
+    return 0

@@ -1,0 +1,102 @@
+"""The rectified-flow training objective with frame conditioning and caption dropout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mugv.config import FlowConfig
+from mugv.data.batch import LatentBatch
+from mugv.flow import interpolate, masked_flow_loss, sample_sigmas, shift_ratio, shift_sigma, velocity_target
+from mugv.models.dit.model import MUGDiT
+
+
+@dataclass
+class ConditioningPolicy:
+    """How often a sample is trained as image-to-video (first latent frame given clean) and how
+    often its caption is replaced by the null text."""
+
+    first_frame_prob: float = 0.0
+    caption_dropout: float = 0.0
+
+
+@dataclass
+class StepInputs:
+    """Everything one training step feeds the model, drawn from the step's generator."""
+
+    noisy: torch.Tensor
+    sigma: torch.Tensor
+    target: torch.Tensor
+    frame_mask: torch.Tensor
+    text: torch.Tensor
+    text_mask: torch.Tensor
+    sample_weight: torch.Tensor
+
+
+class FlowMatchingObjective:
+    def __init__(self, flow: FlowConfig, policy: ConditioningPolicy):
+        self.flow = flow
+        self.policy = policy
+
+    def sigmas(self, batch: LatentBatch, generator: torch.Generator) -> torch.Tensor:
+        flow = self.flow
+        sigma = sample_sigmas(
+            batch.size, generator=generator, kind=flow.timestep_sampling, mean=flow.logit_mean, std=flow.logit_std
+        )
+        if flow.shift:
+            frames = batch.latents.shape[2] if flow.shift_frames == "latent" else flow.shift_fixed_frames
+            frames = 1 if batch.latents.shape[2] == 1 else frames
+            sigma = shift_sigma(sigma, shift_ratio(batch.pixel_height, batch.pixel_width, frames, flow.base_resolution))
+        return sigma
+
+    def prepare(self, model: MUGDiT, batch: LatentBatch, generator: torch.Generator) -> StepInputs:
+        """Draw sigma, noise, conditioning frames and caption dropout (on the CPU generator)."""
+        x0 = batch.latents
+        b, _, frames, _, _ = x0.shape
+        device = x0.device
+        sigma = self.sigmas(batch, generator)
+        noise = torch.randn(x0.shape, generator=generator).to(device=device, dtype=x0.dtype)
+        first_frame = torch.rand(b, generator=generator) < self.policy.first_frame_prob
+        drop_caption = torch.rand(b, generator=generator) < self.policy.caption_dropout
+
+        frame_mask = torch.ones(b, frames, dtype=torch.bool)
+        if frames > 1:
+            frame_mask[:, 0] = ~first_frame
+        frame_mask = frame_mask.to(device)
+        noisy = interpolate(x0, noise, sigma.to(device))
+        noisy = torch.where(frame_mask[:, None, :, None, None], noisy, x0)
+
+        text, text_mask = batch.text, batch.text_mask
+        if drop_caption.any():
+            null_text, null_mask = model.null_text(b)
+            pad = null_text.shape[1] - text.shape[1]
+            text = F.pad(text, (0, 0, 0, pad))
+            text_mask = F.pad(text_mask, (0, pad))
+            drop = drop_caption.to(device)
+            text = torch.where(drop[:, None, None], null_text.to(text.dtype), text)
+            text_mask = torch.where(drop[:, None], null_mask, text_mask)
+
+        weight = self.flow.image_loss_weight if frames == 1 else 1.0
+        return StepInputs(
+            noisy=noisy,
+            sigma=sigma.to(device),
+            target=velocity_target(x0, noise),
+            frame_mask=frame_mask,
+            text=text,
+            text_mask=text_mask,
+            sample_weight=torch.full((b,), weight, device=device),
+        )
+
+    def loss(self, model: MUGDiT, batch: LatentBatch, generator: torch.Generator) -> torch.Tensor:
+        inputs = self.prepare(model, batch, generator)
+        prediction = model(
+            inputs.noisy,
+            inputs.sigma * self.flow.num_train_timesteps,
+            inputs.text,
+            fps=batch.fps,
+            text_mask=inputs.text_mask,
+            frame_mask=inputs.frame_mask,
+        )
+        return masked_flow_loss(prediction, inputs.target, inputs.frame_mask, inputs.sample_weight)

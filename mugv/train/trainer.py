@@ -1,0 +1,207 @@
+"""The training loop: flow matching with AdamW, LR schedule, clipping, logging and exact resume.
+
+Later capabilities plug in without changing the loop: a data source is any object with
+`next_batch()`, `state_dict()` and `load_state_dict()`; a parallelised model is passed in ready
+made; hooks see every step (sampling, EMA, validation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from mugv.config import RunConfig, to_dict, to_toml
+from mugv.data.batch import LatentBatch
+from mugv.data.synthetic import SyntheticLatents
+from mugv.models.dit.adapters import load_into, load_state_dict
+from mugv.models.dit.model import MUGDiT
+from mugv.train.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    latest_checkpoint,
+    load_training_state,
+    save_training_state,
+)
+from mugv.train.logger import RunLogger
+from mugv.train.metrics import batch_train_flops, device_peak_tflops, peak_memory_gib
+from mugv.train.objective import ConditioningPolicy, FlowMatchingObjective
+from mugv.train.schedule import lr_multiplier
+
+
+class DataSource(Protocol):
+    def next_batch(self) -> LatentBatch: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class TrainerHook(Protocol):
+    def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_data_source(cfg: RunConfig) -> DataSource:
+    if cfg.data.source == "synthetic":
+        return SyntheticLatents(cfg.data, cfg.model.in_channels, cfg.model.text_dim, seed=cfg.train.seed)
+    raise ValueError(f"data.source = {cfg.data.source!r} is not supported")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only; norms, biases, tables and tokens are not decayed."""
+    decay, keep = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else keep).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        model: MUGDiT | None = None,
+        data: DataSource | None = None,
+        hooks: tuple[TrainerHook, ...] = (),
+    ):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        torch.manual_seed(cfg.train.seed)
+        self.model = (model or MUGDiT(cfg.model)).to(self.device)
+        if cfg.checkpoint.init_weights:
+            load_into(self.model, load_state_dict(cfg.checkpoint.init_weights))
+        self.data = data or build_data_source(cfg)
+        self.objective = FlowMatchingObjective(
+            cfg.flow, ConditioningPolicy(first_frame_prob=cfg.data.i2v_prob, caption_dropout=cfg.data.caption_dropout)
+        )
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_multiplier(step, cfg.train.steps, cfg.optim)
+        )
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.hooks = hooks
+        self.step = 0
+        precision = cfg.train.precision
+        self.use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.peak_tflops = device_peak_tflops(self.device, cfg.logging.peak_tflops)
+
+    # ----------------------------------------------------------------------------------------
+    # Checkpoints
+    # ----------------------------------------------------------------------------------------
+
+    def state(self) -> TrainingState:
+        return TrainingState(
+            step=self.step,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            data=self.data.state_dict(),
+            generator=self.generator.get_state(),
+            extra={"config": to_dict(self.cfg)},
+        )
+
+    def save_checkpoint(self) -> Path:
+        return save_training_state(self.cfg.checkpoint_dir, self.state(), self.cfg.checkpoint.keep_last)
+
+    def resume(self) -> Path | None:
+        """Continue from the checkpoint that `checkpoint.resume` names; None when starting fresh."""
+        choice = self.cfg.checkpoint.resume
+        if choice == "none":
+            return None
+        path = latest_checkpoint(self.cfg.checkpoint_dir) if choice == "auto" else Path(choice)
+        if path is None:
+            return None
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint.resume = {choice!r}: no checkpoint directory at {path}")
+        state = load_training_state(path)
+        saved_model = state.extra.get("config", {}).get("model")
+        if saved_model is not None and saved_model != to_dict(self.cfg.model):
+            changed = sorted(k for k in saved_model if saved_model[k] != to_dict(self.cfg.model).get(k))
+            raise CheckpointError(f"checkpoint {path} was trained with different model settings: {', '.join(changed)}")
+        self.model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.data.load_state_dict(state.data)
+        self.generator.set_state(state.generator)
+        self.step = state.step
+        return path
+
+    # ----------------------------------------------------------------------------------------
+    # Training
+    # ----------------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self, batch: LatentBatch) -> dict[str, float]:
+        self.model.train()
+        batch = batch.to(self.device, non_blocking=True)
+        with self.autocast():
+            loss = self.objective.loss(self.model, batch, self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": loss.item(), "grad_norm": grad_norm.item(), "lr": lr}
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train up to `train.steps`, checkpointing as configured; returns every step's metrics."""
+        cfg = self.cfg
+        run_dir = cfg.resolved_run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(to_toml(cfg))
+        resumed = self.resume()
+        history: list[dict[str, float]] = []
+        with RunLogger(run_dir, cfg.logging, total_steps=cfg.train.steps, start_step=self.step) as logger:
+            if resumed is not None:
+                logger.message(f"resumed from {resumed} at step {self.step}")
+            while self.step < cfg.train.steps:
+                wait_start = time.perf_counter()
+                batch = self.data.next_batch()
+                step_start = time.perf_counter()
+                metrics = self.train_step(batch)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                step_end = time.perf_counter()
+                metrics.update(self.throughput(batch, step_end - wait_start, step_start - wait_start))
+                metrics["step"] = self.step
+                history.append(metrics)
+                logger.log(self.step, metrics)
+                for hook in self.hooks:
+                    hook.on_step_end(self, metrics)
+                every = cfg.checkpoint.every_steps
+                if (every and self.step % every == 0) or self.step == cfg.train.steps:
+                    logger.message(f"saved {self.save_checkpoint()}")
+            logger.finish()
+        return history
+
+    def throughput(self, batch: LatentBatch, step_seconds: float, data_seconds: float) -> dict[str, float]:
+        flops = batch_train_flops(self.cfg.model, batch)
+        tflops = flops / step_seconds / 1e12
+        out = {
+            "step_time": step_seconds,
+            "data_wait": data_seconds / step_seconds,
+            "samples_per_s": batch.size / step_seconds,
+            "tflops": tflops,
+            "memory_gib": peak_memory_gib(self.device),
+        }
+        if self.peak_tflops:
+            out["mfu"] = tflops / self.peak_tflops
+        return out
