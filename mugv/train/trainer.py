@@ -16,7 +16,7 @@ import torch
 
 from mugv.config import RunConfig, to_dict, to_toml
 from mugv.data.batch import LatentBatch
-from mugv.data.synthetic import SyntheticLatents
+from mugv.data.sources import DataSource, build_data_source
 from mugv.models.dit.adapters import load_into, load_state_dict
 from mugv.models.dit.model import MUGDiT
 from mugv.train.checkpoint import (
@@ -32,12 +32,6 @@ from mugv.train.objective import ConditioningPolicy, FlowMatchingObjective
 from mugv.train.schedule import lr_multiplier
 
 
-class DataSource(Protocol):
-    def next_batch(self) -> LatentBatch: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-
-
 class TrainerHook(Protocol):
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
 
@@ -46,12 +40,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def build_data_source(cfg: RunConfig) -> DataSource:
-    if cfg.data.source == "synthetic":
-        return SyntheticLatents(cfg.data, cfg.model.in_channels, cfg.model.text_dim, seed=cfg.train.seed)
-    raise ValueError(f"data.source = {cfg.data.source!r} is not supported")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
