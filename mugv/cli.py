@@ -12,6 +12,7 @@ from mugv.config import ConfigError
 COMMAND_MODULES = [
     "mugv.commands.train",
     "mugv.commands.info",
+    "mugv.commands.expand",
 ]
 
 

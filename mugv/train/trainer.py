@@ -17,7 +17,7 @@ import torch
 from mugv.config import RunConfig, to_dict, to_toml
 from mugv.data.batch import LatentBatch
 from mugv.data.sources import DataSource, build_data_source
-from mugv.models.dit.adapters import load_into, load_state_dict
+from mugv.models.dit.adapters import load_into, read_weights
 from mugv.models.dit.model import MUGDiT
 from mugv.train.checkpoint import (
     CheckpointError,
@@ -65,7 +65,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = (model or MUGDiT(cfg.model)).to(self.device)
         if cfg.checkpoint.init_weights:
-            load_into(self.model, load_state_dict(cfg.checkpoint.init_weights))
+            load_into(self.model, read_weights(cfg.checkpoint.init_weights), layout="mugv")
         self.data = data or build_data_source(cfg)
         self.objective = FlowMatchingObjective(
             cfg.flow, ConditioningPolicy(first_frame_prob=cfg.data.i2v_prob, caption_dropout=cfg.data.caption_dropout)

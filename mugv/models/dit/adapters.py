@@ -810,3 +810,17 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
 def load_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The state dict in ``path`` (see :func:`load_checkpoint` for formats and unwrapping)."""
     return load_checkpoint(path, map_location=map_location).state_dict
+
+
+def read_weights(path: str | Path) -> StateDict:
+    """DiT weights in our layout from any checkpoint a user may hold: our safetensors, a training
+    checkpoint directory, the published ``dit.pt``, or a single-file Megatron checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no DiT weights at {path}")
+    state_dict = load_state_dict(path)
+    if detect_layout(state_dict) == "megatron":
+        return from_megatron([state_dict])
+    return dict(state_dict)

@@ -1,0 +1,100 @@
+"""`mugv expand`: grow a trained DiT's width (HyperCloning), keeping its function."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from mugv.models.dit.adapters import read_weights, save_safetensors
+from mugv.models.dit.config import PRESETS, DiTConfig
+from mugv.train.expand import expand_state_dict, expanded_config, expansion_factor
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "expand",
+        help="grow a trained DiT's hidden width by an integer factor (HyperCloning)",
+        description="Grow a trained MUG-DiT's width so that it computes the same function, e.g. 2b -> 10b.",
+    )
+    parser.add_argument("--from", dest="source", required=True,
+                        help="weights: our .safetensors, a checkpoint directory, MUG-V dit.pt or Megatron .pt")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-preset", choices=list(PRESETS), help="target model preset (depth and head_dim must match)")
+    target.add_argument("--factor", type=int, help="integer width factor")
+    parser.add_argument("--out", required=True, help="output .safetensors (MUG-V layout)")
+    parser.add_argument("--perturbation", type=float, default=0.0,
+                        help="symmetry-breaking noise relative to each weight's std (function-preserving); e.g. 0.01")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the perturbation")
+    parser.add_argument("--verify", action="store_true", help="run both models on a random input and print their difference")
+    parser.set_defaults(func=run)
+
+
+def infer_config(state_dict: dict[str, torch.Tensor]) -> DiTConfig:
+    """The DiTConfig that the weights were trained with, read off their shapes."""
+    hidden = state_dict["start_token"].numel()
+    head_dim = state_dict["blocks.0.attn.q_norm.weight"].numel()
+    patch = tuple(state_dict["x_embedder.proj.weight"].shape[2:])
+    volume = patch[0] * patch[1] * patch[2]
+    depth = sum(1 for k in state_dict if k.endswith(".scale_shift_table") and k.startswith("blocks."))
+    fields = dict(
+        depth=depth,
+        hidden_size=hidden,
+        num_heads=hidden // head_dim,
+        mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+        in_channels=state_dict["x_embedder.proj.weight"].shape[1],
+        out_channels=state_dict["final_layer.linear.weight"].shape[0] // volume,
+        patch_size=patch,
+        text_dim=state_dict["y_embedder.y_proj.fc1.weight"].shape[1],
+    )
+    if "y_embedder.y_embedding" in state_dict:
+        fields["max_text_tokens"] = state_dict["y_embedder.y_embedding"].shape[0]
+    matches = [p for p in PRESETS.values() if all(getattr(p, k) == v for k, v in fields.items() if k != "max_text_tokens")]
+    base = matches[0] if matches else DiTConfig(preset="custom", max_text_tokens=300)
+    return dataclasses.replace(base, **fields)
+
+
+def run(args: argparse.Namespace, _: list[str]) -> int:
+    weights = read_weights(args.source)
+    small = infer_config(weights)
+    if args.to_preset:
+        large = dataclasses.replace(DiTConfig.from_preset(args.to_preset), max_text_tokens=small.max_text_tokens)
+        factor = expansion_factor(small, large)
+    else:
+        factor = args.factor
+        large = expanded_config(small, factor)
+    print(f"source: {small.preset}, depth {small.depth}, hidden {small.hidden_size}, {small.num_heads} heads "
+          f"({small.num_params() / 1e6:.1f} M parameters)")
+    print(f"target: hidden {large.hidden_size}, {large.num_heads} heads ({large.num_params() / 1e6:.1f} M parameters), "
+          f"factor {factor}, perturbation {args.perturbation}")
+    grown = expand_state_dict(weights, factor, perturbation=args.perturbation, seed=args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_safetensors(grown, out, metadata={
+        "source": str(args.source),
+        "factor": str(factor),
+        "perturbation": str(args.perturbation),
+        "config": json.dumps(dataclasses.asdict(large)),
+    })
+    print(f"wrote {out}")
+    if args.verify:
+        print(f"verify: max relative difference of the outputs {verify(small, weights, large, grown):.2e}")
+    return 0
+
+
+def verify(small_cfg: DiTConfig, small_weights, large_cfg: DiTConfig, large_weights) -> float:
+    from mugv.models.dit.model import MUGDiT
+
+    small, large = MUGDiT(small_cfg), MUGDiT(large_cfg)
+    small.load_state_dict(small_weights, strict=False)
+    large.load_state_dict(large_weights, strict=False)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, small_cfg.in_channels, 2, 4, 4, generator=g)
+    text = torch.randn(1, 4, small_cfg.text_dim, generator=g)
+    kw = dict(fps=torch.tensor([24.0]), frame_mask=torch.tensor([[False, True]]))
+    with torch.no_grad():
+        want, got = small(x, torch.tensor([500.0]), text, **kw), large(x, torch.tensor([500.0]), text, **kw)
+    return ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
