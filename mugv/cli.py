@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "mugv.commands.train",
     "mugv.commands.info",
     "mugv.commands.expand",
+    "mugv.commands.ema",
 ]
 
 
