@@ -1,0 +1,111 @@
+"""LoRA fine-tuning of a model's linear layers.
+
+The low-rank factors live on the targeted `nn.Linear` modules themselves (`lora_A`, `lora_B`)
+and a forward hook adds `scale * B A x` to their output. The base weights keep their names, so
+checkpoints stay in the MUG-V layout, FSDP2 shards the factors with the block they belong to,
+and merging is a plain `weight += scale * B @ A`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# All linears inside the DiT blocks: self-attention, cross-attention and MLP.
+DEFAULT_TARGETS = (
+    "blocks.*.attn.qkv",
+    "blocks.*.attn.proj",
+    "blocks.*.cross_attn.q_linear",
+    "blocks.*.cross_attn.kv_linear",
+    "blocks.*.cross_attn.proj",
+    "blocks.*.mlp.fc1",
+    "blocks.*.mlp.fc2",
+)
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0  # 0: no LoRA (full fine-tuning)
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+    def validate(self) -> None:
+        from mugv.config import ConfigError
+
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank = {self.rank} must be >= 0")
+        if self.rank and not self.targets:
+            raise ConfigError("lora.targets is empty: name the linear layers to adapt, e.g. 'blocks.*.attn.qkv'")
+
+
+def _lora_output(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    x = args[0]
+    return output + module.lora_scale * F.linear(F.linear(x, module.lora_A.to(x.dtype)), module.lora_B.to(x.dtype))
+
+
+def targeted_linears(model: nn.Module, patterns: Sequence[str]) -> dict[str, nn.Linear]:
+    found = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    }
+    if not found:
+        raise ValueError(f"LoRA targets {list(patterns)} match no linear layer of the model")
+    return found
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> dict[str, nn.Linear]:
+    """Freeze the model and add trainable rank-`cfg.rank` factors to the targeted linears."""
+    if cfg.rank < 1:
+        raise ValueError("apply_lora needs lora.rank >= 1")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    layers = targeted_linears(model, cfg.targets)
+    for module in layers.values():
+        if hasattr(module, "lora_A"):
+            raise ValueError("LoRA is already applied to this model")
+        weight = module.weight
+        module.lora_A = nn.Parameter(torch.empty(cfg.rank, module.in_features, device=weight.device, dtype=torch.float32))
+        module.lora_B = nn.Parameter(torch.zeros(module.out_features, cfg.rank, device=weight.device, dtype=torch.float32))
+        nn.init.kaiming_uniform_(module.lora_A, a=math.sqrt(5))
+        module.lora_scale = cfg.alpha / cfg.rank
+        module._lora_hook = module.register_forward_hook(_lora_output)
+    return layers
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the LoRA factors (`<layer>.lora_A` / `.lora_B`), for saving an adapter alone."""
+    return {name: p.detach() for name, p in model.named_parameters() if name.endswith((".lora_A", ".lora_B"))}
+
+
+def load_lora(model: nn.Module, state: Mapping[str, torch.Tensor], cfg: LoRAConfig) -> None:
+    """Attach an adapter saved by `lora_state_dict` to a model without LoRA."""
+    layers = apply_lora(model, cfg)
+    expected = {f"{name}.{part}" for name in layers for part in ("lora_A", "lora_B")}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise KeyError(f"LoRA adapter does not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, module in layers.items():
+            module.lora_A.copy_(state[f"{name}.lora_A"])
+            module.lora_B.copy_(state[f"{name}.lora_B"])
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """Fold every adapter into its base weight and remove it; returns how many were merged."""
+    merged = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and hasattr(module, "lora_A"):
+            delta = module.lora_scale * (module.lora_B.float() @ module.lora_A.float())
+            module.weight.add_(delta.to(module.weight.dtype))
+            module._lora_hook.remove()
+            del module.lora_A, module.lora_B, module.lora_scale, module._lora_hook
+            merged += 1
+    return merged
