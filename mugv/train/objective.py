@@ -15,11 +15,39 @@ from mugv.models.dit.model import MUGDiT
 
 @dataclass
 class ConditioningPolicy:
-    """How often a sample is trained as image-to-video (first latent frame given clean) and how
-    often its caption is replaced by the null text."""
+    """Per sample, which latent frames are given clean (one draw picks at most one kind) and how
+    often the caption is replaced by the null text.
+
+    first frame: image-to-video; last frame: generate toward an end frame; continuation: the
+    first k frames (k uniform in 1..T-1) are given, as when extending a video.
+    """
 
     first_frame_prob: float = 0.0
+    last_frame_prob: float = 0.0
+    continuation_prob: float = 0.0
     caption_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        total = self.first_frame_prob + self.last_frame_prob + self.continuation_prob
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"conditioning mask probabilities add up to {total:.3f} > 1")
+
+    def frame_mask(self, batch: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+        """(B, T) bool, True for frames to generate."""
+        kind = torch.rand(batch, generator=generator)
+        cut = torch.randint(1, max(frames, 2), (batch,), generator=generator)
+        mask = torch.ones(batch, frames, dtype=torch.bool)
+        if frames == 1:
+            return mask  # an image has nothing to condition on
+        first = kind < self.first_frame_prob
+        last = (kind >= self.first_frame_prob) & (kind < self.first_frame_prob + self.last_frame_prob)
+        cont = (kind >= self.first_frame_prob + self.last_frame_prob) & (
+            kind < self.first_frame_prob + self.last_frame_prob + self.continuation_prob
+        )
+        mask[first, 0] = False
+        mask[last, -1] = False
+        mask[cont] = torch.arange(frames)[None, :] >= cut[cont, None]
+        return mask
 
 
 @dataclass
@@ -58,13 +86,8 @@ class FlowMatchingObjective:
         device = x0.device
         sigma = self.sigmas(batch, generator)
         noise = torch.randn(x0.shape, generator=generator).to(device=device, dtype=x0.dtype)
-        first_frame = torch.rand(b, generator=generator) < self.policy.first_frame_prob
+        frame_mask = self.policy.frame_mask(b, frames, generator).to(device)
         drop_caption = torch.rand(b, generator=generator) < self.policy.caption_dropout
-
-        frame_mask = torch.ones(b, frames, dtype=torch.bool)
-        if frames > 1:
-            frame_mask[:, 0] = ~first_frame
-        frame_mask = frame_mask.to(device)
         noisy = interpolate(x0, noise, sigma.to(device))
         noisy = torch.where(frame_mask[:, None, :, None, None], noisy, x0)
 

@@ -73,7 +73,9 @@ def objective_inputs(first_frame_prob, caption_dropout=0.0):
     cfg = load_config("debug")
     model = MUGDiT(cfg.model)
     batch = SyntheticLatents(cfg.data, 24, 64).next_batch()
-    objective = FlowMatchingObjective(cfg.flow, ConditioningPolicy(first_frame_prob, caption_dropout))
+    objective = FlowMatchingObjective(
+        cfg.flow, ConditioningPolicy(first_frame_prob=first_frame_prob, caption_dropout=caption_dropout)
+    )
     return model, batch, objective
 
 
@@ -133,3 +135,25 @@ def test_init_weights_of_another_size_are_refused_by_name(tmp_path):
     golden = Path(__file__).resolve().parents[1] / "golden" / "dit_debug_mugv_weights.safetensors"
     with pytest.raises(CheckpointLayoutError, match="blocks.0.attn.qkv.weight"):
         Trainer(config(tmp_path, "--model.hidden_size=144", f"--checkpoint.init_weights={golden}"))
+
+
+@pytest.mark.parametrize("kind", ["last_frame_prob", "continuation_prob"])
+def test_last_frame_and_continuation_masks(kind):
+    policy = ConditioningPolicy(**{kind: 1.0})
+    mask = policy.frame_mask(64, 5, torch.Generator().manual_seed(0))
+    if kind == "last_frame_prob":
+        assert not mask[:, -1].any() and mask[:, :-1].all()
+    else:
+        given = (~mask).sum(1)
+        assert given.min() >= 1 and given.max() <= 4 and len(set(given.tolist())) > 1
+        assert all(bool((~row[: k]).all()) and bool(row[k:].all()) for row, k in zip(mask, given.tolist()))
+
+
+def test_mask_probabilities_are_mixed_and_checked():
+    policy = ConditioningPolicy(first_frame_prob=0.25, last_frame_prob=0.25, continuation_prob=0.25)
+    mask = policy.frame_mask(4000, 4, torch.Generator().manual_seed(0))
+    full = mask.all(1).float().mean().item()
+    assert 0.2 < full < 0.3
+    assert policy.frame_mask(8, 1, torch.Generator()).all()  # images are never conditioned
+    with pytest.raises(ValueError, match="add up to"):
+        ConditioningPolicy(first_frame_prob=0.7, last_frame_prob=0.5)
