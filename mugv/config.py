@@ -172,6 +172,44 @@ class LoggingConfig:
 
 
 @dataclass
+class StageConfig:
+    """One curriculum stage. Unset (None) values inherit the run's `data` / `optim` settings.
+
+    The stage ends at the first end condition met: `steps`, `samples`, or a validation-loss
+    plateau (no improvement larger than `plateau_min_delta` for `plateau_patience` evaluations).
+    """
+
+    name: str = "stage"
+    steps: int = 0
+    samples: int = 0
+    plateau_patience: int = 0
+    plateau_min_delta: float = 0.0
+    # Share of image samples, annealed linearly from the first to the second value over the stage.
+    image_fraction: tuple[float, float] | None = None
+    buckets: list[str] = field(default_factory=list)  # allowed buckets "FRAMESxHEIGHTxWIDTH"; empty: all
+    first_frame_prob: float | None = None
+    last_frame_prob: float = 0.0
+    continuation_prob: float = 0.0
+    caption_dropout: float | None = None
+    lr: float | None = None
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0
+
+    def validate(self) -> None:
+        key = f"stages[{self.name}]"
+        _require(self.steps > 0 or self.samples > 0 or self.plateau_patience > 0, key, self.name,
+                 "needs an end condition: steps, samples or plateau_patience")
+        if self.schedule != "constant":
+            _require(self.steps > 0, f"{key}.schedule", self.schedule, "needs the stage's steps to decay over")
+        if self.image_fraction is not None:
+            _require(all(0.0 <= v <= 1.0 for v in self.image_fraction), f"{key}.image_fraction",
+                     self.image_fraction, "must be within [0, 1]")
+        probs = [self.first_frame_prob or 0.0, self.last_frame_prob, self.continuation_prob]
+        _require(sum(probs) <= 1.0, key, probs, "mask probabilities must add up to at most 1")
+
+
+@dataclass
 class RunConfig:
     name: str = "debug"
     run_dir: str = ""  # empty: runs/<name>
@@ -183,6 +221,8 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # A curriculum: the trainer moves through these in order; empty trains one stage of train.steps.
+    stages: list[StageConfig] = field(default_factory=list)
 
     def validate(self) -> None:
         _require(
@@ -250,6 +290,8 @@ def _coerce(value: Any, ftype: Any, key: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(ftype):
+        return from_dict(ftype, value, prefix=key + ".")
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} = {value!r} must be a list")
@@ -341,6 +383,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
             out[f.name] = to_dict(value)
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            out[f.name] = [to_dict(item) for item in value]
         elif value is not None:
             out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
