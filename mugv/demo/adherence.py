@@ -1,0 +1,79 @@
+"""Does a generated video show what its prompt asked for? Colour and motion direction of the
+moving shape, measured against the synthetic world's palette."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mugv.demo.world import BACKGROUND, COLORS, Scene
+
+
+@dataclass
+class Reading:
+    color: str | None  # nearest palette colour of the foreground, None when no foreground
+    direction: str | None  # dominant axis and sign of the foreground's motion, None if it barely moves
+    foreground: float  # mean fraction of pixels that differ from the background
+
+
+def foreground_mask(frames: np.ndarray, threshold: float = 60.0) -> np.ndarray:
+    """Pixels far from the gray background (the textured gray stays within the threshold)."""
+    distance = np.linalg.norm(frames.astype(np.float64) - np.array(BACKGROUND, dtype=np.float64), axis=-1)
+    saturation = frames.max(axis=-1).astype(np.float64) - frames.min(axis=-1)
+    return (distance > threshold) & (saturation > 60)
+
+
+def read_video(frames: np.ndarray, min_motion: float = 0.05) -> Reading:
+    """Colour and direction of the moving shape in (T, H, W, 3) uint8 frames."""
+    mask = foreground_mask(frames)
+    share = float(mask.mean())
+    if mask.sum() == 0:
+        return Reading(None, None, share)
+    mean_color = frames[mask].astype(np.float64).mean(axis=0)
+    color = min(COLORS, key=lambda name: np.linalg.norm(mean_color - np.array(COLORS[name])))
+    centroids = []
+    for frame_mask in mask:
+        ys, xs = np.nonzero(frame_mask)
+        if len(xs):
+            centroids.append((xs.mean(), ys.mean()))
+    if len(centroids) < 2:
+        return Reading(color, None, share)
+    first = np.mean(centroids[: max(1, len(centroids) // 4)], axis=0)
+    last = np.mean(centroids[-max(1, len(centroids) // 4) :], axis=0)
+    dx, dy = last - first
+    height, width = frames.shape[1:3]
+    if max(abs(dx) / width, abs(dy) / height) < min_motion:
+        return Reading(color, None, share)
+    direction = ("right" if dx > 0 else "left") if abs(dx) / width >= abs(dy) / height else ("down" if dy > 0 else "up")
+    return Reading(color, direction, share)
+
+
+@dataclass
+class AdherenceReport:
+    rows: list[dict]
+
+    @property
+    def color_accuracy(self) -> float:
+        return float(np.mean([r["color_ok"] for r in self.rows])) if self.rows else 0.0
+
+    @property
+    def direction_accuracy(self) -> float:
+        return float(np.mean([r["direction_ok"] for r in self.rows])) if self.rows else 0.0
+
+
+def score(videos: list[tuple[Scene, np.ndarray]]) -> AdherenceReport:
+    rows = []
+    for scene, frames in videos:
+        reading = read_video(frames)
+        rows.append({
+            "prompt": scene.caption,
+            "color": scene.color,
+            "seen_color": reading.color,
+            "color_ok": reading.color == scene.color,
+            "direction": scene.direction,
+            "seen_direction": reading.direction,
+            "direction_ok": reading.direction == scene.direction,
+            "foreground": reading.foreground,
+        })
+    return AdherenceReport(rows)
