@@ -76,9 +76,12 @@ class FlowConfig:
 
 @dataclass
 class DataConfig:
-    """Where training samples come from. `synthetic` draws a fixed, seeded pool of latents."""
+    """Where training samples come from. `synthetic` draws a fixed, seeded pool of latents;
+    `shards` reads latent + text shards written by `mugv encode` (see docs/data.md)."""
 
-    source: Literal["synthetic"] = "synthetic"
+    source: Literal["synthetic", "shards"] = "synthetic"
+    # Samples per batch; with `batching = "cost"` this is the count for the costliest bucket and
+    # cheaper buckets take more samples, up to the same estimated compute.
     batch_size: int = 2
     num_samples: int = 64
     latent_frames: int = 3
@@ -89,9 +92,26 @@ class DataConfig:
     i2v_prob: float = 0.5
     caption_dropout: float = 0.1
     num_workers: int = 0
+    # --- shards (source = "shards") ---
+    shards: str = ""  # folder or fsspec URL of a shard set
+    cache_dir: str = ""  # local copies of remote shards (empty: ~/.cache/mugv/shards)
+    batching: Literal["cost", "fixed"] = "cost"
+    max_batch_size: int = 0  # cap for cheap buckets in cost batching (0: 4 x batch_size)
+    balance: bool = True  # give the ranks of a step batches of nearly equal estimated compute
+    image_fraction: float = -1.0  # share of samples that are images; negative follows the data
+    prefetch: int = 4  # batches loaded ahead in the background (0: load in the training thread)
+    pin_memory: bool = True  # pin batches when a GPU exists
+    strict: bool = False  # a bad shard stops the run instead of being reported and skipped
+    verify_checksums: bool = True
 
     def validate(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _require(self.max_batch_size >= 0, "data.max_batch_size", self.max_batch_size, "must be >= 0")
+        _require(self.prefetch >= 0, "data.prefetch", self.prefetch, "must be >= 0")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _require(self.image_fraction <= 1.0, "data.image_fraction", self.image_fraction, "must be <= 1 (negative: follow the data)")
+        _require(self.source != "shards" or bool(self.shards), "data.shards", self.shards,
+                 "must name a shard folder or URL when data.source = 'shards'")
         _require(self.num_samples >= 1, "data.num_samples", self.num_samples, "must be >= 1")
         for name in ("latent_frames", "latent_height", "latent_width", "text_tokens"):
             _require(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), "must be >= 1")
@@ -137,13 +157,30 @@ class ParallelConfig:
     tp: int = 1
     cp: int = 1
     pp: int = 1
+    # Of the cp degree, this many ranks form the ring (ring attention); the rest split heads
+    # (Ulysses all-to-all): cp = cp_ring x ulysses. cp_ring = cp is pure ring attention.
+    cp_ring: int = 1
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     compile: bool = False
+    # FSDP2 mixed precision: dtype of the unsharded compute parameters and of the gradient
+    # reduction; the sharded master weights and the optimizer state stay float32.
+    param_dtype: Literal["fp32", "bf16"] = "fp32"
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # Pipeline: schedule, microbatches per step, stages per pp rank (interleaved schedules use > 1).
+    pp_schedule: Literal["1f1b", "gpipe", "interleaved_1f1b"] = "1f1b"
+    pp_microbatches: int = 2
+    pp_stages_per_rank: int = 1
 
     def validate(self) -> None:
-        for name in ("dp_replicate", "tp", "cp", "pp"):
+        for name in ("dp_replicate", "tp", "cp", "pp", "cp_ring", "pp_microbatches", "pp_stages_per_rank"):
             _require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "must be >= 1")
         _require(self.dp_shard == -1 or self.dp_shard >= 1, "parallel.dp_shard", self.dp_shard, "must be -1 or >= 1")
+        _require(self.cp % self.cp_ring == 0, "parallel.cp_ring", self.cp_ring, f"must divide parallel.cp = {self.cp}")
+        _require(
+            self.pp == 1 or (self.pp_schedule == "interleaved_1f1b") == (self.pp_stages_per_rank > 1),
+            "parallel.pp_stages_per_rank", self.pp_stages_per_rank,
+            f"must be > 1 exactly when parallel.pp_schedule = 'interleaved_1f1b' (got {self.pp_schedule!r})",
+        )
 
 
 @dataclass

@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a MUG-DiT. Any config key can be overridden: --optim.lr=1e-4 --train.steps=50.",
     )
     parser.add_argument("--config", default="debug", help="profile name in configs/ or a TOML path (default: debug)")
-    parser.add_argument("--dry-run", action="store_true", help="validate the config, print the resolved tree, exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config, print the resolved tree (and, with --world-size, the parallel "
+                             "plan with per-rank memory estimates), exit")
+    parser.add_argument("--world-size", type=int, default=0,
+                        help="with --dry-run: plan the device mesh and sharded model for this many ranks")
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -22,18 +26,32 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = load_config(args.config, overrides)
     if args.dry_run:
         print(to_toml(cfg), end="")
+        if args.world_size:
+            from mugv.distributed.plan import format_plan
+
+            print(format_plan(cfg, args.world_size))
         return 0
     from mugv.train.trainer import Trainer
 
     trainer = Trainer(cfg)
-    params = sum(p.numel() for p in trainer.model.parameters())
-    print(f"mugv train: model {cfg.model.preset} ({params / 1e6:.2f} M parameters) on {trainer.device}, "
-          f"{'bf16' if trainer.use_bf16 else 'fp32'}, run dir {cfg.resolved_run_dir}")
+    try:
+        return _train(cfg, trainer)
+    finally:
+        if trainer.dist is not None:
+            trainer.dist.close()
+
+
+def _train(cfg, trainer) -> int:
+    say = print if trainer.dist is None or trainer.dist.is_main else (lambda *a, **k: None)
+    params = cfg.model.num_params()
+    where = str(trainer.device) if trainer.dist is None else f"{trainer.dist.dims.describe()} ({trainer.device.type})"
+    say(f"mugv train: model {cfg.model.preset} ({params / 1e6:.2f} M parameters) on {where}, "
+        f"{'bf16' if trainer.use_bf16 else 'fp32'}, run dir {cfg.resolved_run_dir}")
     history = trainer.fit()
     if history:
         first, last = history[0]["loss"], history[-1]["loss"]
-        print(f"mugv train: done at step {trainer.step}; loss {first:.4f} -> {last:.4f}; "
+        say(f"mugv train: done at step {trainer.step}; loss {first:.4f} -> {last:.4f}; "
               f"loss curve {cfg.resolved_run_dir / 'loss.png'}")
     else:
-        print(f"mugv train: nothing to do, already at step {trainer.step} of {cfg.train.steps}")
+        say(f"mugv train: nothing to do, already at step {trainer.step} of {cfg.train.steps}")
     return 0

@@ -12,6 +12,9 @@ True for frames to generate and False for clean conditioning frames (I2V / conti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -100,23 +103,35 @@ class PatchEmbed3D(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Core attention over (B, heads, N, head_dim) tensors: the default `SelfAttention.core_attention`."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class SelfAttention(nn.Module):
-    """Fused qkv laid out [q for all heads; k for all heads; v for all heads]."""
+    """Fused qkv laid out [q for all heads; k for all heads; v for all heads].
+
+    `core_attention` maps (q, k, v) of shape (B, heads, N, head_dim) to the attention output; it is
+    a seam that context parallelism swaps (mugv.distributed.context_parallel). The head count is
+    read from the qkv output, so a tensor-parallel shard holding [q_r; k_r; v_r] works unchanged.
+    """
 
     def __init__(self, hidden_size: int, head_dim: int, qk_norm: bool):
         super().__init__()
         self.head_dim = head_dim
+        self.core_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = sdpa
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.q_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(head_dim) if qk_norm else nn.Identity()
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        b, n, _ = qkv.shape  # n: tokens after the projection (sequence parallel gathers them)
+        q, k, v = qkv.view(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         q = apply_rope(self.q_norm(q), *rope)
         k = apply_rope(self.k_norm(k), *rope)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.core_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -133,8 +148,9 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_attn_mask: torch.Tensor | None) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = self.q_norm(self.q_linear(x).view(b, n, -1, self.head_dim)).transpose(1, 2)
+        q = self.q_linear(x)
+        b, n, _ = q.shape
+        q = self.q_norm(q.view(b, n, -1, self.head_dim)).transpose(1, 2)
         k, v = self.kv_linear(text).view(b, text.shape[1], 2, -1, self.head_dim).permute(2, 0, 3, 1, 4)
         k = self.k_norm(k)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=text_attn_mask)
@@ -220,7 +236,40 @@ class FinalLayer(nn.Module):
         return self.linear(x)
 
 
+@dataclass
+class DiTInputs:
+    """What the block stack and the head consume: the output of `MUGDiT.embed`.
+
+    Per-token tensors (dim 1 of `tokens` and `select`, dim 0 of the `rope` tables) run over the
+    full sequence [start, video tokens..., end]; context parallelism splits them consistently
+    (see `MUGDiT.token_split_plan`). `select` is None without a frame mask; `num_tokens` is the
+    real (unpadded) sequence length.
+    """
+
+    tokens: torch.Tensor | None  # (B, N, hidden); None from `condition` alone
+    text: torch.Tensor  # (B, L, hidden), embedded
+    text_attn_mask: torch.Tensor | None  # (B, 1, 1, L) bool
+    t: torch.Tensor  # (B, hidden): timestep + fps embedding, for the final layer
+    t0: torch.Tensor | None  # (B, hidden): the same at timestep 0 (conditioning frames)
+    t_rows: torch.Tensor  # (B, 6 * hidden): shared adaLN-single projection of t
+    t0_rows: torch.Tensor | None
+    select: torch.Tensor | None  # (B, N, 1) bool: True = token takes the t rows, False = t0 rows
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin: (N, head_dim // 2)
+    grid: tuple[int, int, int]
+    size: tuple[int, int, int]
+    num_tokens: int
+
+    def replace(self, **changes) -> DiTInputs:
+        return replace(self, **changes)
+
+
 class MUGDiT(nn.Module):
+    # Where the token sequence is split for sequence / context parallelism, declared as data and
+    # applied by mugv.distributed.parallelize: the fields of `DiTInputs` that run over tokens and
+    # their token dimension. The head's per-token output is gathered along dim 1 before unpatchify.
+    token_split_plan: ClassVar[dict[str, int]] = {"tokens": 1, "select": 1, "rope": 0}
+    token_gather_dim: ClassVar[int] = 1
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         cfg.validate()
@@ -280,39 +329,83 @@ class MUGDiT(nn.Module):
         frame_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the 48-channel output (the first `in_channels` are the velocity), float32."""
+        inputs = self.embed(x, timestep, text, fps=fps, text_mask=text_mask, frame_mask=frame_mask)
+        return self.head(self.forward_blocks(inputs), inputs)
+
+    def embed(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        *,
+        fps: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+    ) -> DiTInputs:
+        """Stage 1: patch tokens with start/end tokens, the conditioning, RoPE tables, token selector."""
+        dtype = self.x_embedder.proj.weight.dtype
+        b = x.shape[0]
+        tokens = self.x_embedder(x.to(dtype))
+        tokens = torch.cat(
+            [self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)], dim=1
+        )
+        return self.condition(x.shape, timestep, text, fps=fps, text_mask=text_mask, frame_mask=frame_mask,
+                              dtype=dtype, tokens=tokens)
+
+    def condition(
+        self,
+        shape: torch.Size | tuple[int, ...],
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        *,
+        fps: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        frame_mask: torch.Tensor | None,
+        dtype: torch.dtype,
+        tokens: torch.Tensor | None,
+    ) -> DiTInputs:
+        """The conditioning of latents of `shape` (B, C, T, H, W) without the patch embedding:
+        what every pipeline stage recomputes from the raw timestep, fps and text."""
         cfg = self.cfg
-        b, _, frames, height, width = x.shape
+        b, _, frames, height, width = shape
         pt, ph, pw = cfg.patch_size
         grid = (-(-frames // pt), -(-height // ph), -(-width // pw))
-        dtype = self.x_embedder.proj.weight.dtype
+        device = timestep.device
 
         fps_emb = self.fps_embedder(fps.expand(b))
         t = self.t_embedder(timestep.expand(b)) + fps_emb
         t_rows = self.t_block(t)
-        t0 = t0_rows = select = select_video = None
+        t0 = t0_rows = select = None
         if frame_mask is not None:
             t0 = self.t_embedder(torch.zeros_like(timestep.expand(b))) + fps_emb
             t0_rows = self.t_block(t0)
             per_frame = frame_mask.to(torch.bool)[:, ::pt]
             select_video = per_frame[:, :, None].expand(b, grid[0], grid[1] * grid[2]).reshape(b, -1, 1)
-            special = torch.zeros(b, 1, 1, dtype=torch.bool, device=x.device)
+            special = torch.zeros(b, 1, 1, dtype=torch.bool, device=device)
             select = torch.cat([special, select_video, special], dim=1)
 
         text_h = self.y_embedder(text.to(dtype))
         text_attn_mask = None if text_mask is None else text_mask.to(torch.bool)[:, None, None, :]
-
-        tokens = self.x_embedder(x.to(dtype))
-        tokens = torch.cat(
-            [self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)], dim=1
+        rope = rope_angles(*grid, cfg.head_dim, cfg.rope_theta, cfg.rope_time_positions, device=device)
+        return DiTInputs(
+            tokens=tokens, text=text_h, text_attn_mask=text_attn_mask, t=t, t0=t0, t_rows=t_rows,
+            t0_rows=t0_rows, select=select, rope=rope, grid=grid, size=(frames, height, width),
+            num_tokens=grid[0] * grid[1] * grid[2] + 2,
         )
-        rope = rope_angles(
-            *grid, cfg.head_dim, cfg.rope_theta, cfg.rope_time_positions, device=x.device
-        )
-        for block in self.blocks:
-            tokens = block(tokens, text_h, text_attn_mask, t_rows, t0_rows, select, rope)
 
-        out = self.final_layer(tokens[:, 1:-1], t, t0, select_video)
-        return self.unpatchify(out, grid, (frames, height, width)).float()
+    def forward_blocks(self, inputs: DiTInputs, blocks: nn.ModuleList | None = None) -> torch.Tensor:
+        """Stage 2: the block stack (or the given slice of it) over `inputs.tokens`."""
+        tokens = inputs.tokens
+        for block in self.blocks if blocks is None else blocks:
+            tokens = block(
+                tokens, inputs.text, inputs.text_attn_mask, inputs.t_rows, inputs.t0_rows, inputs.select, inputs.rope
+            )
+        return tokens
+
+    def head(self, tokens: torch.Tensor, inputs: DiTInputs) -> torch.Tensor:
+        """Stage 3: the final layer per token (start/end included, then dropped) and unpatchify."""
+        out = self.final_layer(tokens, inputs.t, inputs.t0, inputs.select)
+        return self.unpatchify(out[:, 1 : inputs.num_tokens - 1], inputs.grid, inputs.size).float()
 
     def unpatchify(
         self, x: torch.Tensor, grid: tuple[int, int, int], size: tuple[int, int, int]

@@ -1,0 +1,327 @@
+"""Distributed checkpoints (torch.distributed.checkpoint) that reshard, and MUG-V exports.
+
+What is saved is always layout-independent: every parameter under its MUG-V name and in its
+original row order. Sharded DTensors are saved as shards (each rank writes its own), so a
+checkpoint written at one world size / parallel layout loads at another (DCP reshards on load).
+The tensor-parallel fused projections, whose rows `parallelize_dit` permutes into rank blocks
+(mugv.distributed.tensor_parallel), are saved gathered and un-permuted (with their optimizer
+moments) and re-permuted on load; a plain single-process model loads the same files.
+
+Directory layout of `step_00000100/`: the DCP files (`.metadata`, `__*_*.distcp`) holding
+`model.*` and `optim.*`, `trainer.json` (step, scheduler, data position, config; rank 0),
+`rng/rank_<r>.pt` (each rank's global RNG state), `rng/dp_<d>.pt` (the step generator of
+data-parallel rank d, which all its tp / cp / pp ranks share). As with single-process
+checkpoints the directory gets its final name only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mugv.distributed.tensor_parallel import (
+    from_rank_blocks,
+    head_blocked_parameters,
+    to_rank_blocks,
+)
+from mugv.train.checkpoint import (
+    STEP_DIR,
+    CheckpointError,
+    global_rng_state,
+    list_checkpoints,
+    restore_global_rng_state,
+)
+
+
+def _is_dtensor(t: Any) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+def _distribute_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` (a plain tensor, the same on every rank) placed as `like` is (DTensor or plain)."""
+    if not _is_dtensor(like):
+        return full.to(device=like.device, dtype=like.dtype)
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = like.device_mesh
+    rep = DTensor.from_local(full.to(device=like.device, dtype=like.dtype), mesh, [Replicate()] * mesh.ndim,
+                             run_check=False)
+    return rep.redistribute(mesh, like.placements)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model state in the original layout
+# ----------------------------------------------------------------------------------------------
+
+
+Modules = nn.Module | list[nn.Module]  # a model, or the pipeline stages one rank holds
+
+
+def _modules(model: Modules) -> list[nn.Module]:
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def _named_parameters(model: Modules) -> list[tuple[str, nn.Parameter]]:
+    """Every (name, parameter); a name can repeat across pipeline stages (conditioning copies)."""
+    return [item for m in _modules(model) for item in m.named_parameters()]
+
+
+def _model_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def _blocked(model: Modules) -> dict[str, tuple[int, int]]:
+    found = {}
+    for m in _modules(model):
+        found.update(head_blocked_parameters(m))
+    return found
+
+
+def _canonical(name: str, value: torch.Tensor, blocked: dict[str, tuple[int, int]]) -> torch.Tensor:
+    if name in blocked:
+        return from_rank_blocks(_full(value), *blocked[name])
+    return value
+
+
+def model_state(model: Modules) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by MUG-V name; sharded ones as DTensors, TP-permuted ones gathered
+    and restored to the original row order (a collective: every rank must call it). For a list
+    of pipeline stages: the union of their tensors (copies share a name and a value)."""
+    blocked = _blocked(model)
+    out = {}
+    for m in _modules(model):
+        out.update({name: _canonical(name, value.detach(), blocked) for name, value in _model_params(m).items()})
+    return out
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor gathered to a plain tensor in the MUG-V layout (collective; for export and tests)."""
+    return {name: _full(value).clone() for name, value in model_state(model).items()}
+
+
+@torch.no_grad()
+def load_model_state(model: Modules, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` (the layout `model_state` produces: DTensors or plain, original row order) in."""
+    if isinstance(model, (list, tuple)):
+        for m in model:
+            load_model_state(m, state)
+        return
+    blocked = head_blocked_parameters(model)
+    own = _model_params(model)
+    for name, target in own.items():
+        if name not in state:
+            raise CheckpointError(f"checkpoint has no tensor {name}")
+        value = state[name]
+        if name in blocked:
+            value = _distribute_like(to_rank_blocks(_full(value), *blocked[name]), target)
+        elif _is_dtensor(target) and not _is_dtensor(value):
+            value = _distribute_like(value, target)
+        if _is_dtensor(target):
+            target._local_tensor.copy_(value._local_tensor)
+        else:
+            target.copy_(_full(value))
+
+
+def export_mugv_safetensors(model: nn.Module, path: Path) -> Path | None:
+    """Gather the model and write one safetensors file in MUG-V layout (rank 0 writes)."""
+    from mugv.models.dit.adapters import save_safetensors
+
+    full = full_state_dict(model)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        save_safetensors(full, path)
+        return Path(path)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizer state, keyed by parameter name
+# ----------------------------------------------------------------------------------------------
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """{"state": {name: {step, exp_avg, ...}}, "param_groups": [...]} with names, not indices;
+    moments of TP-permuted parameters gathered and in the original row order."""
+    blocked = _blocked(model)
+    names = {id(p): n for n, p in _named_parameters(model)}
+    state: dict[str, dict[str, Any]] = {}
+    groups = []
+    for group in optimizer.param_groups:
+        groups.append({**{k: v for k, v in group.items() if k != "params"},
+                       "params": [names[id(p)] for p in group["params"]]})
+        for p in group["params"]:
+            if p not in optimizer.state:
+                continue
+            name = names[id(p)]
+            entry = {}
+            for key, value in optimizer.state[p].items():
+                if torch.is_tensor(value) and value.ndim > 0:
+                    value = _canonical(name, value, blocked)
+                entry[key] = value
+            state[name] = entry
+    return {"state": state, "param_groups": groups}
+
+
+@torch.no_grad()
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    blocked = _blocked(model)
+    params: dict[str, list] = {}
+    for n, p in _named_parameters(model):
+        params.setdefault(n, []).append(p)
+    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
+        for key, value in saved_group.items():
+            if key != "params":
+                group[key] = value
+    for name, entry in saved["state"].items():
+        for p in params[name]:  # every pipeline-stage copy of the parameter gets the state
+            optimizer.state[p] = _optimizer_entry(name, entry, p, blocked)
+
+
+def _optimizer_entry(name: str, entry: dict, p: torch.Tensor, blocked) -> dict[str, Any]:
+    state = {}
+    for key, value in entry.items():
+        if torch.is_tensor(value) and value.ndim > 0:
+            like = p.detach()
+            if name in blocked:
+                value = _distribute_like(to_rank_blocks(_full(value), *blocked[name]), like)
+            elif _is_dtensor(like) and not _is_dtensor(value):
+                value = _distribute_like(value, like)
+            elif not _is_dtensor(like):
+                value = _full(value)
+            value = value.clone()
+        elif torch.is_tensor(value):
+            value = _full(value).clone()
+        state[key] = value
+    return state
+
+
+def _optimizer_template(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Empty-valued optimizer state in `optimizer_state` form for this layout (for DCP to fill)."""
+    blocked = _blocked(model)
+    template: dict[str, Any] = {"state": {}, "param_groups": optimizer_state(model, optimizer)["param_groups"]}
+    for name, p in _named_parameters(model):
+        if not p.requires_grad:
+            continue
+        p = p.detach()
+        if name in blocked:  # saved gathered, in the original row order
+            moments = [torch.zeros(p.shape, dtype=p.dtype) for _ in range(2)]
+        else:
+            moments = [torch.zeros_like(p) for _ in range(2)]
+        template["state"][name] = {"step": torch.zeros((), dtype=torch.float32), "exp_avg": moments[0],
+                                   "exp_avg_sq": moments[1]}
+    return template
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole training checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_distributed(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    generator: torch.Tensor,
+    keep_last: int,
+    async_save: bool = False,
+    dp_rank: int = 0,
+    dp_leader: bool = True,
+) -> tuple[Path, Future | None]:
+    """Write step `step` under `root` with DCP; returns its path and, with `async_save`, the
+    future of the background write (the tensors are staged to memory before returning)."""
+    import torch.distributed.checkpoint as dcp
+
+    final = root / f"step_{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if _rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    _barrier()
+    state = {"model": model_state(model), "optim": optimizer_state(model, optimizer)}
+    torch.save({"global": global_rng_state()}, tmp / "rng" / f"rank_{_rank()}.pt")
+    if dp_leader:  # one writer per data-parallel rank
+        torch.save({"generator": generator}, tmp / "rng" / f"dp_{dp_rank}.pt")
+
+    def finish() -> None:
+        _barrier()
+        if _rank() == 0:
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in list_checkpoints(root)[:-keep_last]:
+                shutil.rmtree(old)
+        _barrier()
+
+    if async_save:
+        future = dcp.async_save(state, checkpoint_id=str(tmp))
+
+        def done() -> None:
+            future.result()
+            finish()
+
+        return final, _Pending(done)
+    dcp.save(state, checkpoint_id=str(tmp))
+    finish()
+    return final, None
+
+
+class _Pending:
+    """The end of an async save: `result()` waits for the write and renames the directory."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def result(self) -> None:
+        self.fn()
+
+
+def load_distributed(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, dp_rank: int = 0
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Load a DCP checkpoint into `model` / `optimizer` of any layout; returns (trainer meta,
+    the step generator of data-parallel rank `dp_rank`, or None when the checkpoint has none)."""
+    import torch.distributed.checkpoint as dcp
+
+    if not (path / "trainer.json").is_file() or not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a complete distributed checkpoint")
+    state: dict[str, Any] = {"model": model_state(model)}
+    if optimizer is not None:
+        state["optim"] = _optimizer_template(model, optimizer)
+    dcp.load(state, checkpoint_id=str(path))
+    load_model_state(model, state["model"])
+    if optimizer is not None:
+        load_optimizer_state(model, optimizer, state["optim"])
+    meta = json.loads((path / "trainer.json").read_text())
+    rng_file = path / "rng" / f"rank_{_rank()}.pt"
+    if rng_file.is_file():
+        restore_global_rng_state(torch.load(rng_file, weights_only=False)["global"])
+    gen_file = path / "rng" / f"dp_{dp_rank}.pt"
+    generator = torch.load(gen_file, weights_only=False)["generator"] if gen_file.is_file() else None
+    return meta, generator
+
+
+def is_distributed_checkpoint(path: Path) -> bool:
+    return STEP_DIR.match(path.name) is not None and (path / ".metadata").is_file()
