@@ -143,6 +143,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Parameters to keep fixed, as name patterns (e.g. "y_embedder.*" for the text embedder).
+    freeze: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         _require(self.steps >= 0, "train.steps", self.steps, "must be >= 0")
@@ -209,6 +211,75 @@ class LoggingConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Loss on held-out data at fixed noise levels with fixed noise (comparable across runs)."""
+
+    every_steps: int = 0  # 0: no validation
+    shards: str = ""  # held-out shard set; empty with data.source = "synthetic": a held-out synthetic pool
+    batches: int = 4
+    sigmas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])
+
+    def validate(self) -> None:
+        _require(self.every_steps >= 0, "validation.every_steps", self.every_steps, "must be >= 0")
+        _require(self.batches >= 1, "validation.batches", self.batches, "must be >= 1")
+        _require(all(0.0 < s < 1.0 for s in self.sigmas) and bool(self.sigmas), "validation.sigmas", self.sigmas,
+                 "must be noise levels within (0, 1)")
+
+
+@dataclass
+class EMAConfig:
+    """Online EMA (`decay` > 0) and EDM2 power-function averages for post-hoc EMA."""
+
+    decay: float = 0.0  # 0: off; e.g. 0.9999
+    power_sigma_rels: list[float] = field(default_factory=list)  # e.g. [0.05, 0.10]; empty: off
+    snapshot_every: int = 0  # steps between power-EMA snapshots (for `mugv ema reconstruct`)
+
+    def validate(self) -> None:
+        _require(0.0 <= self.decay < 1.0, "ema.decay", self.decay, "must be within [0, 1)")
+        _require(all(0 < s < 0.28 for s in self.power_sigma_rels), "ema.power_sigma_rels", self.power_sigma_rels,
+                 "must be within (0, 0.28)")
+        _require(not self.power_sigma_rels or self.snapshot_every > 0, "ema.snapshot_every", self.snapshot_every,
+                 "must be > 0 when ema.power_sigma_rels is set")
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 0  # 0: no LoRA (full fine-tuning)
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: [
+        "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.cross_attn.q_linear", "blocks.*.cross_attn.kv_linear",
+        "blocks.*.cross_attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2",
+    ])
+
+    def validate(self) -> None:
+        _require(self.rank >= 0, "lora.rank", self.rank, "must be >= 0")
+        _require(not self.rank or bool(self.targets), "lora.targets", self.targets, "must name linear layers to adapt")
+
+
+@dataclass
+class SamplingConfig:
+    """Render fixed prompts with the weights being trained every `every_steps` steps."""
+
+    every_steps: int = 0  # 0: off
+    prompts: list[str] = field(default_factory=list)
+    vae: str = ""  # VAE weights to decode with
+    vae_preset: str = "tiny"
+    text_encoder: Literal["minilm", "t5"] = "minilm"
+    text_encoder_path: str = ""
+    height: int = 64
+    width: int = 64
+    frames: int = 17
+    fps: float = 12.0
+    steps: int = 25
+    cfg_scale: float = 4.0
+
+    def validate(self) -> None:
+        if self.every_steps:
+            _require(bool(self.prompts), "sampling.prompts", self.prompts, "must list prompts when sampling is on")
+            _require(bool(self.vae), "sampling.vae", self.vae, "must name VAE weights when sampling is on")
+
+
+@dataclass
 class StageConfig:
     """One curriculum stage. Unset (None) values inherit the run's `data` / `optim` settings.
 
@@ -258,6 +329,10 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # A curriculum: the trainer moves through these in order; empty trains one stage of train.steps.
     stages: list[StageConfig] = field(default_factory=list)
 

@@ -33,33 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def infer_config(state_dict: dict[str, torch.Tensor]) -> DiTConfig:
-    """The DiTConfig that the weights were trained with, read off their shapes."""
-    hidden = state_dict["start_token"].numel()
-    head_dim = state_dict["blocks.0.attn.q_norm.weight"].numel()
-    patch = tuple(state_dict["x_embedder.proj.weight"].shape[2:])
-    volume = patch[0] * patch[1] * patch[2]
-    depth = sum(1 for k in state_dict if k.endswith(".scale_shift_table") and k.startswith("blocks."))
-    fields = dict(
-        depth=depth,
-        hidden_size=hidden,
-        num_heads=hidden // head_dim,
-        mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
-        in_channels=state_dict["x_embedder.proj.weight"].shape[1],
-        out_channels=state_dict["final_layer.linear.weight"].shape[0] // volume,
-        patch_size=patch,
-        text_dim=state_dict["y_embedder.y_proj.fc1.weight"].shape[1],
-    )
-    if "y_embedder.y_embedding" in state_dict:
-        fields["max_text_tokens"] = state_dict["y_embedder.y_embedding"].shape[0]
-    matches = [p for p in PRESETS.values() if all(getattr(p, k) == v for k, v in fields.items() if k != "max_text_tokens")]
-    base = matches[0] if matches else DiTConfig(preset="custom", max_text_tokens=300)
-    return dataclasses.replace(base, **fields)
-
-
 def run(args: argparse.Namespace, _: list[str]) -> int:
     weights = read_weights(args.source)
-    small = infer_config(weights)
+    small = DiTConfig.from_weights(weights)
     if args.to_preset:
         large = dataclasses.replace(DiTConfig.from_preset(args.to_preset), max_text_tokens=small.max_text_tokens)
         factor = expansion_factor(small, large)

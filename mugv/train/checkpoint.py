@@ -12,7 +12,7 @@ import json
 import random
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class TrainingState:
     data: dict[str, Any]
     generator: torch.Tensor
     extra: dict[str, Any]
+    # further named tensor sets saved beside the model (e.g. EMA weights): <name>.safetensors
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -74,9 +76,12 @@ def save_training_state(root: Path, state: TrainingState, keep_last: int) -> Pat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.model.items()}, tmp / "model.safetensors")
+    for name, tensors in state.tensors.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
     torch.save(state.optimizer, tmp / "optimizer.pt")
     torch.save({"generator": state.generator, "global": global_rng_state()}, tmp / "rng.pt")
-    meta = {"step": state.step, "scheduler": state.scheduler, "data": state.data, **state.extra}
+    meta = {"step": state.step, "scheduler": state.scheduler, "data": state.data, "tensors": sorted(state.tensors),
+            **state.extra}
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -92,7 +97,9 @@ def load_training_state(path: Path) -> TrainingState:
     meta = json.loads((path / "trainer.json").read_text())
     rng = torch.load(path / "rng.pt", weights_only=False)
     restore_global_rng_state(rng["global"])
+    tensors = {name: load_file(path / f"{name}.safetensors") for name in meta.pop("tensors", [])}
     return TrainingState(
+        tensors=tensors,
         step=int(meta.pop("step")),
         model=load_file(path / "model.safetensors"),
         optimizer=torch.load(path / "optimizer.pt", weights_only=True),

@@ -11,38 +11,12 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# All linears inside the DiT blocks: self-attention, cross-attention and MLP.
-DEFAULT_TARGETS = (
-    "blocks.*.attn.qkv",
-    "blocks.*.attn.proj",
-    "blocks.*.cross_attn.q_linear",
-    "blocks.*.cross_attn.kv_linear",
-    "blocks.*.cross_attn.proj",
-    "blocks.*.mlp.fc1",
-    "blocks.*.mlp.fc2",
-)
-
-
-@dataclass
-class LoRAConfig:
-    rank: int = 0  # 0: no LoRA (full fine-tuning)
-    alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-
-    def validate(self) -> None:
-        from mugv.config import ConfigError
-
-        if self.rank < 0:
-            raise ConfigError(f"lora.rank = {self.rank} must be >= 0")
-        if self.rank and not self.targets:
-            raise ConfigError("lora.targets is empty: name the linear layers to adapt, e.g. 'blocks.*.attn.qkv'")
-
+from mugv.config import LoRAConfig
 
 def _lora_output(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
     x = args[0]

@@ -8,16 +8,19 @@ made; hooks see every step (sampling, EMA, validation).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fnmatch
 import time
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from mugv.config import RunConfig, to_dict, to_toml
+from mugv.config import ConfigError, RunConfig, to_dict, to_toml
 from mugv.data.batch import LatentBatch
 from mugv.data.sources import DataSource, build_data_source
-from mugv.models.dit.adapters import load_into, read_weights
+from mugv.data.synthetic import SyntheticLatents
+from mugv.models.dit.adapters import load_into, read_weights, save_safetensors
 from mugv.models.dit.model import MUGDiT
 from mugv.train.checkpoint import (
     CheckpointError,
@@ -28,8 +31,11 @@ from mugv.train.checkpoint import (
 )
 from mugv.train.logger import RunLogger
 from mugv.train.metrics import batch_train_flops, device_peak_tflops, peak_memory_gib
-from mugv.train.objective import ConditioningPolicy, FlowMatchingObjective
-from mugv.train.schedule import lr_multiplier
+from mugv.train.curriculum import Curriculum, StageSettings
+from mugv.train.ema import EMA, PowerEMA
+from mugv.train.lora import apply_lora, lora_state_dict
+from mugv.train.objective import FlowMatchingObjective
+from mugv.train.validation import validation_loss
 
 
 class TrainerHook(Protocol):
@@ -40,6 +46,39 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def freeze_parameters(model: torch.nn.Module, patterns: list[str]) -> None:
+    """Keep the parameters whose names match any pattern (fnmatch) fixed during training."""
+    if not patterns:
+        return
+    matched = [n for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not matched:
+        raise ConfigError(f"train.freeze = {patterns} matches no parameter of the model")
+    for name, param in model.named_parameters():
+        if name in matched:
+            param.requires_grad_(False)
+
+
+def build_sample_renderer(cfg: RunConfig, model: MUGDiT, device: torch.device):
+    """The hook that renders `sampling.prompts` with the weights being trained."""
+    from mugv.infer.pipeline import GenerationRequest, VideoGenerator
+    from mugv.models.text.encoders import build_text_encoder
+    from mugv.models.vae import adapters as vae_adapters
+    from mugv.models.vae.config import VAEConfig
+    from mugv.models.vae.model import MUGVideoVAE
+    from mugv.train.sampling import SampleRenderer
+
+    s = cfg.sampling
+    vae = MUGVideoVAE(VAEConfig.from_preset(s.vae_preset))
+    vae_adapters.load_into(vae, vae_adapters.read_state_dict(s.vae))
+    encoder = build_text_encoder(s.text_encoder, s.text_encoder_path, max_tokens=cfg.model.max_text_tokens)
+    generator = VideoGenerator(model, vae, encoder, flow=cfg.flow, device=device,
+                               dtype=next(model.parameters()).dtype)
+    template = GenerationRequest(prompt="-", height=s.height, width=s.width, num_frames=s.frames, fps=s.fps,
+                                 steps=s.steps, cfg_scale=s.cfg_scale)
+    return SampleRenderer(generator, s.prompts, s.every_steps, cfg.resolved_run_dir, template,
+                          tensorboard=cfg.logging.tensorboard)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -70,12 +109,19 @@ class Trainer:
         self.model = (model or MUGDiT(cfg.model)).to(self.device)
         if cfg.checkpoint.init_weights:
             load_into(self.model, read_weights(cfg.checkpoint.init_weights), layout="mugv")
+        if cfg.lora.rank:
+            apply_lora(self.model, cfg.lora)
+        freeze_parameters(self.model, cfg.train.freeze)
+        if self.dist and (cfg.ema.decay or cfg.ema.power_sigma_rels):
+            raise ConfigError("ema.* is not yet supported under torchrun: train with EMA in one process, or "
+                              "average checkpoints afterwards with `mugv ema ensemble`")
         if self.dist:
             self.dist.parallelize(self.model)
         self.data = data or (self.dist.data_source() if self.dist else build_data_source(cfg))
-        self.objective = FlowMatchingObjective(
-            cfg.flow, ConditioningPolicy(first_frame_prob=cfg.data.i2v_prob, caption_dropout=cfg.data.caption_dropout)
-        )
+        self.curriculum = Curriculum(cfg)
+        self.samples_seen = 0
+        self._image_fraction: float | None = None
+        self.objective = FlowMatchingObjective(cfg.flow, self.curriculum.settings(0, 0).policy)
         # what is trained and checkpointed: the model, or (pipeline parallel) this rank's stages
         self.trained = self.dist.trained_modules(self.model) if self.dist else self.model
         trained = torch.nn.ModuleList(self.trained) if isinstance(self.trained, list) else self.trained
@@ -84,9 +130,8 @@ class Trainer:
             # sharded parameters live on different meshes (FSDP only vs FSDP x TP): no multi-tensor path
             foreach=False if self.dist else None,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_multiplier(step, cfg.train.steps, cfg.optim)
-        )
+        self.ema = EMA(self.model, cfg.ema.decay) if cfg.ema.decay else None
+        self.power_ema = PowerEMA(self.model, cfg.ema.power_sigma_rels) if cfg.ema.power_sigma_rels else None
         seed = cfg.train.seed
         if self.dist:  # each data-parallel rank draws its own noise; its tp / cp ranks the same
             from mugv.distributed.data import dp_generator_seed
@@ -108,18 +153,47 @@ class Trainer:
             step=self.step,
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
+            scheduler=self.schedule_state(),
             data=self.data.state_dict(),
             generator=self.generator.get_state(),
             extra={"config": to_dict(self.cfg)},
+            tensors=self.ema_tensors(),
         )
+
+    def schedule_state(self) -> dict:
+        """Where the run stands in its curriculum (stage, LR schedule position, plateau tracker)."""
+        return {"curriculum": self.curriculum.state_dict(), "samples_seen": self.samples_seen}
+
+    def load_schedule_state(self, state: dict) -> None:
+        self.curriculum.load_state_dict(state["curriculum"])
+        self.samples_seen = int(state["samples_seen"])
+
+    def ema_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        tensors = {}
+        if self.ema is not None:
+            tensors["ema"] = self.ema.state_dict()
+        if self.power_ema is not None:
+            for i, average in enumerate(self.power_ema.averages):
+                tensors[f"power_ema_{i}"] = average
+        return tensors
+
+    def load_ema_tensors(self, tensors: dict[str, dict[str, torch.Tensor]], t: int) -> None:
+        if self.ema is not None:
+            if "ema" not in tensors:
+                raise CheckpointError("the checkpoint has no EMA weights but ema.decay is set")
+            self.ema.load_state_dict(tensors["ema"])
+        if self.power_ema is not None:
+            averages = [tensors.get(f"power_ema_{i}") for i in range(len(self.power_ema.averages))]
+            if any(a is None for a in averages):
+                raise CheckpointError("the checkpoint lacks the power-EMA averages that ema.power_sigma_rels asks for")
+            self.power_ema.load_state_dict({"t": t, "sigma_rels": self.power_ema.sigma_rels, "averages": averages})
 
     def save_checkpoint(self) -> Path:
         if self.dist:
             from mugv.distributed.checkpoint import save_distributed
 
             coords = self.dist.coords
-            meta = {"scheduler": self.scheduler.state_dict(), "data": self.data.state_dict(),
+            meta = {"scheduler": self.schedule_state(), "data": self.data.state_dict(),
                     "config": to_dict(self.cfg), "world_size": self.dist.world_size, "dp_size": self.dist.dims.dp}
             path, _ = save_distributed(self.cfg.checkpoint_dir, self.step, self.trained, self.optimizer, meta,
                                        self.generator.get_state(), self.cfg.checkpoint.keep_last,
@@ -140,7 +214,7 @@ class Trainer:
         saved_model = meta.get("config", {}).get("model")
         if saved_model is not None and saved_model != to_dict(self.cfg.model):
             raise CheckpointError(f"checkpoint {path} was trained with different model settings")
-        self.scheduler.load_state_dict(meta["scheduler"])
+        self.load_schedule_state(meta["scheduler"])
         self.data.load_state_dict(meta["data"])
         if generator is not None and meta.get("dp_size") == dp_size:  # same data-parallel size: exact
             self.generator.set_state(generator)
@@ -168,10 +242,11 @@ class Trainer:
             raise CheckpointError(f"checkpoint {path} was trained with different model settings: {', '.join(changed)}")
         self.model.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
+        self.load_schedule_state(state.scheduler)
         self.data.load_state_dict(state.data)
         self.generator.set_state(state.generator)
         self.step = state.step
+        self.load_ema_tensors(state.tensors, t=state.step)
         return path
 
     # ----------------------------------------------------------------------------------------
@@ -182,6 +257,19 @@ class Trainer:
         if not self.use_bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def apply_stage(self) -> StageSettings:
+        """Set this step's learning rate, conditioning masks and data mixture from the curriculum."""
+        settings = self.curriculum.settings(self.step, self.samples_seen)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.optim.lr * settings.lr_scale
+        self.objective.policy = settings.policy
+        if settings.image_fraction is not None and hasattr(self.data, "set_mixture"):
+            fraction = round(settings.image_fraction, 2)  # re-plan the data only when the mix really moves
+            if fraction != self._image_fraction:
+                self.data.set_mixture(image_fraction=fraction)
+                self._image_fraction = fraction
+        return settings
 
     def train_step(self, batch: LatentBatch) -> dict[str, float]:
         self.model.train()
@@ -200,15 +288,19 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 self.model.parameters(), self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
             )
-        lr = self.scheduler.get_last_lr()[0]
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
-        self.scheduler.step()
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.power_ema is not None:
+            self.power_ema.update(self.model)
         loss_value = self.dist.mean_over_dp(loss) if self.dist else loss.item()
         return {"loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr}
 
     def fit(self) -> list[dict[str, float]]:
-        """Train up to `train.steps`, checkpointing as configured; returns every step's metrics."""
+        """Train through the curriculum (at most `train.steps`), checkpointing as configured;
+        returns every step's metrics."""
         cfg = self.cfg
         run_dir = cfg.resolved_run_dir
         main = self.dist is None or self.dist.is_main
@@ -217,6 +309,10 @@ class Trainer:
             (run_dir / "config.toml").write_text(to_toml(cfg))
         resumed = self.resume()
         history: list[dict[str, float]] = []
+        hooks = list(self.hooks)
+        if main and cfg.sampling.every_steps:
+            hooks.append(build_sample_renderer(cfg, self.model, self.device))
+        validation = self.validation_batches() if cfg.validation.every_steps else []
         if main:
             run_logger = RunLogger(run_dir, cfg.logging, total_steps=cfg.train.steps, start_step=self.step)
         else:  # only rank 0 logs
@@ -225,8 +321,10 @@ class Trainer:
             run_logger = SilentLogger()
         with run_logger as logger:
             if resumed is not None:
-                logger.message(f"resumed from {resumed} at step {self.step}")
-            while self.step < cfg.train.steps:
+                logger.message(f"resumed from {resumed} at step {self.step} (stage '{self.curriculum.stage.name}')"
+                               if not self.curriculum.finished else f"resumed from {resumed}: curriculum finished")
+            while self.step < cfg.train.steps and not self.curriculum.finished:
+                self.apply_stage()
                 wait_start = time.perf_counter()
                 batch = self.data.next_batch()
                 step_start = time.perf_counter()
@@ -234,17 +332,55 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 step_end = time.perf_counter()
+                self.samples_seen += batch.size * (self.dist.dims.dp if self.dist else 1)
                 metrics.update(self.throughput(batch, step_end - wait_start, step_start - wait_start))
                 metrics["step"] = self.step
+                metrics["stage"] = self.curriculum.index
+                if validation and self.step % cfg.validation.every_steps == 0:
+                    metrics.update(validation_loss(self.model, validation, sigmas=cfg.validation.sigmas,
+                                                   num_train_timesteps=cfg.flow.num_train_timesteps,
+                                                   seed=cfg.train.seed, device=self.device))
+                    self.curriculum.record_validation(metrics["val/loss"])
                 history.append(metrics)
                 logger.log(self.step, metrics)
-                for hook in self.hooks:
+                for hook in hooks:
                     hook.on_step_end(self, metrics)
+                if self.power_ema is not None and main and self.step % cfg.ema.snapshot_every == 0:
+                    self.power_ema.snapshot(run_dir / "ema-snapshots")
+                if self.curriculum.stage_done(self.step, self.samples_seen):
+                    if cfg.stages:
+                        logger.message(f"stage '{self.curriculum.stage.name}' done at step {self.step}")
+                    self.curriculum.advance(self.step, self.samples_seen)
                 every = cfg.checkpoint.every_steps
-                if (every and self.step % every == 0) or self.step == cfg.train.steps:
+                last = self.step == cfg.train.steps or self.curriculum.finished
+                if (every and self.step % every == 0) or last:
                     logger.message(f"saved {self.save_checkpoint()}")
+            if main:
+                self.export_final(run_dir)
             logger.finish()
         return history
+
+    def validation_batches(self) -> list[LatentBatch]:
+        """The fixed held-out batches: `validation.shards`, or a synthetic pool the run never trains on."""
+        v, cfg = self.cfg.validation, self.cfg
+        if v.shards:
+            held_out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="shards", shards=v.shards,
+                                                                         prefetch=0, image_fraction=-1.0))
+            source = build_data_source(held_out)
+        elif cfg.data.source == "synthetic":
+            source = SyntheticLatents(cfg.data, cfg.model.in_channels, cfg.model.text_dim, seed=cfg.train.seed + 7919)
+        else:
+            raise ConfigError("validation.shards must name a held-out shard set when training from shards")
+        return [source.next_batch() for _ in range(v.batches)]
+
+    def export_final(self, run_dir: Path) -> None:
+        """Weights a user takes away: the EMA weights and the LoRA adapter, as safetensors."""
+        if self.ema is not None:
+            save_safetensors(self.ema.state_dict(), run_dir / "ema.safetensors", {"decay": str(self.cfg.ema.decay)})
+        if self.cfg.lora.rank:
+            save_safetensors(lora_state_dict(self.model), run_dir / "lora.safetensors", {
+                "rank": str(self.cfg.lora.rank), "alpha": str(self.cfg.lora.alpha),
+                "targets": ",".join(self.cfg.lora.targets)})
 
     def throughput(self, batch: LatentBatch, step_seconds: float, data_seconds: float) -> dict[str, float]:
         flops = batch_train_flops(self.cfg.model, batch)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UnknownPresetError(ValueError):
@@ -66,6 +70,32 @@ class DiTConfig:
         if name not in PRESETS:
             raise UnknownPresetError(f"unknown model preset '{name}'; known presets: {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name])
+
+    @classmethod
+    def from_weights(cls, state_dict: "dict[str, torch.Tensor]") -> "DiTConfig":
+        """The config a MUG-DiT state dict (our / MUG-V names) was built with, read off its shapes;
+        named after the preset it matches, if any."""
+        try:
+            hidden = state_dict["start_token"].numel()
+            head_dim = state_dict["blocks.0.attn.q_norm.weight"].numel()
+            patch = tuple(state_dict["x_embedder.proj.weight"].shape[2:])
+            fields = dict(
+                depth=sum(1 for k in state_dict if k.startswith("blocks.") and k.endswith(".scale_shift_table")),
+                hidden_size=hidden,
+                num_heads=hidden // head_dim,
+                mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+                in_channels=state_dict["x_embedder.proj.weight"].shape[1],
+                out_channels=state_dict["final_layer.linear.weight"].shape[0] // (patch[0] * patch[1] * patch[2]),
+                patch_size=patch,
+                text_dim=state_dict["y_embedder.y_proj.fc1.weight"].shape[1],
+            )
+        except KeyError as exc:
+            raise ValueError(f"not MUG-DiT weights: tensor {exc} is missing") from exc
+        matches = [p for p in PRESETS.values() if all(getattr(p, k) == v for k, v in fields.items())]
+        base = matches[0] if matches else cls(preset="custom", max_text_tokens=300)
+        if "y_embedder.y_embedding" in state_dict:
+            fields["max_text_tokens"] = state_dict["y_embedder.y_embedding"].shape[0]
+        return dataclasses.replace(base, **fields)
 
     # ---------------------------------------------------------------------------------------
     # Size and cost
