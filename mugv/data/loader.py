@@ -252,3 +252,10 @@ class ShardSource:
         self.planner.set_weights(weights)
         self._state = self.planner.state_dict()
 
+    def set_buckets(self, allowed: list[str] | None) -> None:
+        """Restrict training to these buckets from the next batch on (a curriculum stage's table)."""
+        self.close()  # prefetched batches were planned with the old table
+        self.planner.load_state_dict(self._state)
+        self.planner.set_buckets(allowed)
+        self._state = self.planner.state_dict()
+

@@ -86,6 +86,8 @@ class BatchPlanner:
         for g in self.group_names:
             in_group = np.flatnonzero(group_arr == g)
             self.members[g] = {b: in_group[bucket_arr[in_group] == b] for b in sorted(set(bucket_arr[in_group]))}
+        self.bucket_names = sorted(set(buckets))
+        self.allowed: frozenset[str] | None = None  # a curriculum stage's bucket table; None: every bucket
         bucket_cost = [float(np.median(self.costs[bucket_arr == b])) for b in set(buckets)]
         self.budget = cfg.batch_size * max(bucket_cost)
         self.weights: dict[str, float] = {}
@@ -117,6 +119,27 @@ class BatchPlanner:
             for pos in getattr(self, "position", {}).values():
                 pos["samples"] = 0
 
+    def set_buckets(self, allowed: list[str] | None) -> None:
+        """Train only on these buckets from the next step (a curriculum stage's bucket table);
+        None or empty allows all. A change starts a new epoch of every group, so the plan stays
+        a function of the state alone."""
+        new = frozenset(allowed) if allowed else None
+        if new == self.allowed:
+            return
+        if new is not None:
+            unknown = sorted(new - set(self.bucket_names))
+            if unknown:
+                raise ValueError(f"bucket(s) {unknown} are not in the data; its buckets are {self.bucket_names}")
+        self.allowed = new
+        self._cache.clear()
+        for pos in self.position.values():
+            if pos["cursor"]:
+                pos["epoch"] += 1
+                pos["cursor"] = 0
+
+    def _buckets_of(self, group: str) -> list[str]:
+        return [b for b in sorted(self.members[group]) if self.allowed is None or b in self.allowed]
+
     # ----- the plan --------------------------------------------------------------------------
 
     def _per_batch(self, members: np.ndarray) -> int:
@@ -137,7 +160,7 @@ class BatchPlanner:
         rng = np.random.default_rng([cfg.seed, self.group_names.index(group), epoch])
         steps: list[list[np.ndarray]] = []
         leftovers: list[np.ndarray] = []
-        for bucket in sorted(self.members[group]):
+        for bucket in self._buckets_of(group):
             members = self.members[group][bucket]
             order = members[rng.permutation(len(members))]
             n = self._per_batch(members)
@@ -168,7 +191,9 @@ class BatchPlanner:
         return steps
 
     def _choose_group(self) -> str:
-        live = [g for g in self.group_names if self.weights[g] > 0]
+        live = [g for g in self.group_names if self.weights[g] > 0 and self._buckets_of(g)]
+        if not live:
+            raise ValueError(f"no data for mixture {self.weights} within buckets {sorted(self.allowed or [])}")
         return min(live, key=lambda g: (self.position[g]["samples"] / self.weights[g], self.group_names.index(g)))
 
     def next_step(self) -> list[np.ndarray]:
@@ -194,6 +219,7 @@ class BatchPlanner:
             "seed": self.cfg.seed,
             "fingerprint": self.data_fingerprint,
             "weights": dict(self.weights),
+            "buckets": sorted(self.allowed) if self.allowed is not None else None,
             "groups": {g: dict(p) for g, p in self.position.items()},
         }
 
@@ -208,6 +234,8 @@ class BatchPlanner:
         if set(state["groups"]) != set(self.group_names):
             raise ValueError(f"data state has groups {sorted(state['groups'])}, the shards have {self.group_names}")
         self.step = int(state["step"])
+        self.allowed = frozenset(state["buckets"]) if state.get("buckets") else None
+        self._cache.clear()
         self.position = {g: {k: int(v) for k, v in p.items()} for g, p in state["groups"].items()}
         if {g: float(w) for g, w in state["weights"].items()} != self.weights:
             for pos in self.position.values():  # a new mixture (curriculum stage) starts its own count

@@ -121,6 +121,7 @@ class Trainer:
         self.curriculum = Curriculum(cfg)
         self.samples_seen = 0
         self._image_fraction: float | None = None
+        self._buckets: list[str] = []
         self.objective = FlowMatchingObjective(cfg.flow, self.curriculum.settings(0, 0).policy)
         # what is trained and checkpointed: the model, or (pipeline parallel) this rank's stages
         self.trained = self.dist.trained_modules(self.model) if self.dist else self.model
@@ -264,6 +265,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.optim.lr * settings.lr_scale
         self.objective.policy = settings.policy
+        if settings.buckets and not hasattr(self.data, "set_buckets"):
+            raise ConfigError(f"stage '{settings.name}' sets buckets, which data.source = "
+                              f"{self.cfg.data.source!r} cannot restrict")
+        if hasattr(self.data, "set_buckets") and settings.buckets != self._buckets:
+            self.data.set_buckets(settings.buckets or None)
+            self._buckets = settings.buckets
         if settings.image_fraction is not None and hasattr(self.data, "set_mixture"):
             fraction = round(settings.image_fraction, 2)  # re-plan the data only when the mix really moves
             if fraction != self._image_fraction:

@@ -54,3 +54,39 @@ def test_trainer_trains_from_shards_and_resumes_exactly(tmp_path, shards):
 def test_text_width_must_follow_the_encoder(tmp_path, shards):
     with pytest.raises(ValueError, match="text_dim"):
         Trainer(config(tmp_path, shards, "--model.text_dim=384"))
+
+
+def test_curriculum_stages_switch_bucket_tables_and_mixture_and_resume(tmp_path, shards):
+    stages = ("--stages=[{name='images', steps=3, buckets=['1x32x32', '1x32x48']}, "
+              "{name='video', steps=4, buckets=['9x32x32', '17x32x48'], first_frame_prob=0.5}, "
+              "{name='mixed', steps=2, image_fraction=[0.5, 0.5]}]")
+    seen = []
+
+    class RecordShapes:
+        def on_step_end(self, trainer, metrics):
+            seen.append(trainer.curriculum.index)
+
+    straight = Trainer(config(tmp_path / "a", shards, stages, "--train.steps=20"), hooks=(RecordShapes(),))
+    shapes = []
+    original = straight.data.next_batch
+
+    def recording_next_batch():
+        batch = original()
+        shapes.append(tuple(batch.latents.shape[2:]))
+        return batch
+
+    straight.data.next_batch = recording_next_batch
+    history = straight.fit()
+    assert len(history) == 9 and seen == [0, 0, 0, 1, 1, 1, 1, 2, 2]
+    assert all(s[0] == 1 for s in shapes[:3]) and all(s[0] > 1 for s in shapes[3:7])  # images, then videos
+
+    class CrashAt:
+        def on_step_end(self, trainer, metrics):
+            if trainer.step == 6:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # checkpoint at step 5, inside stage 'video'
+        Trainer(config(tmp_path / "b", shards, stages, "--train.steps=20", "--checkpoint.every_steps=5"),
+                hooks=(CrashAt(),)).fit()
+    rest = Trainer(config(tmp_path / "b", shards, stages, "--train.steps=20", "--checkpoint.every_steps=5")).fit()
+    assert [m["loss"] for m in rest] == [m["loss"] for m in history[5:]]
