@@ -1,0 +1,485 @@
+"""The MUG-V video VAE: 8x spatial, 8x temporal compression to 24 latent channels.
+
+Pixels in [-1, 1], shape (B, 3, T, H, W). Two stages (MUGV-SPEC section 3):
+
+1. :class:`SpatialAutoencoder`, per frame: an SDXL-VAE-shaped 2D encoder that stops after its
+   mid-block (features multiplied by ``spatial_scale``) and a decoder that starts at its mid-block.
+2. :class:`TemporalAutoencoder`: a 3D-conv encoder over independent groups of
+   ``temporal_factor`` frames (one latent frame per group) and a 3D-conv decoder over whole
+   latent chunks.
+
+A clip whose length is 1 mod 8 gets its first frame replicated at the front so that frame 0 is
+its own group; an image is therefore one latent frame. Other lengths that are not multiples of 8
+are zero-padded at the front (in spatial-feature space), as the release does.
+
+Entry points: :meth:`MUGVideoVAE.forward` (training: whole clip, raw latents, posterior), and
+:meth:`MUGVideoVAE.encode` / :meth:`MUGVideoVAE.decode` (inference: chunked in time, optionally
+tiled in space, normalised latents).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mugv.models.vae.config import VAEConfig
+from mugv.models.vae.tiling import blend_tiles, tile_spans
+
+__all__ = ["DiagonalGaussian", "MUGVideoVAE", "SpatialAutoencoder", "TemporalAutoencoder"]
+
+SPATIAL_NORM_EPS = 1e-6  # diffusers AutoencoderKL
+TEMPORAL_NORM_EPS = 1e-5  # nn.GroupNorm default, as the temporal stage was trained
+
+
+class DiagonalGaussian:
+    """Posterior N(mean, exp(logvar)) per latent element; logvar clamped to [-30, 20]."""
+
+    def __init__(self, moments: Tensor) -> None:
+        self.moments = moments
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(
+            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
+        )
+        return self.mean + self.std * noise
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        """KL divergence to N(0, 1), summed over all but the batch dimension (in fp32)."""
+        mean, logvar = self.mean.float(), self.logvar.float()
+        per_element = mean.pow(2) + torch.exp(logvar) - 1.0 - logvar
+        return 0.5 * per_element.flatten(1).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial stage (2D, per frame)
+# --------------------------------------------------------------------------------------------
+
+
+class ResBlock2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=SPATIAL_NORM_EPS)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=SPATIAL_NORM_EPS)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class SelfAttention2d(nn.Module):
+    """Single-head self-attention over all positions of a frame, with a residual."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels, eps=SPATIAL_NORM_EPS)
+        self.q = nn.Linear(channels, channels)
+        self.k = nn.Linear(channels, channels)
+        self.v = nn.Linear(channels, channels)
+        self.out = nn.Linear(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        tokens = self.norm(x.flatten(2)).transpose(1, 2)  # (B, HW, C)
+        q, k, v = (proj(tokens).unsqueeze(1) for proj in (self.q, self.k, self.v))
+        attended = F.scaled_dot_product_attention(q, k, v).squeeze(1)
+        return x + self.out(attended).transpose(1, 2).reshape(b, c, h, w)
+
+
+class MidBlock2d(nn.Module):
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.res1 = ResBlock2d(channels, channels, groups)
+        self.attn = SelfAttention2d(channels, groups)
+        self.res2 = ResBlock2d(channels, channels, groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res2(self.attn(self.res1(x)))
+
+
+class DownLevel2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, groups: int, downsample: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResBlock2d(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(num_blocks)
+        )
+        self.downsample = nn.Conv2d(out_channels, out_channels, 3, stride=2) if downsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        if self.downsample is not None:
+            # Pad right and bottom only, so that an even size halves exactly.
+            x = self.downsample(F.pad(x, (0, 1, 0, 1)))
+        return x
+
+
+class UpLevel2d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, groups: int, upsample: bool) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResBlock2d(in_channels if i == 0 else out_channels, out_channels, groups) for i in range(num_blocks)
+        )
+        self.upsample = nn.Conv2d(out_channels, out_channels, 3, padding=1) if upsample else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        if self.upsample is not None:
+            x = self.upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return x
+
+
+class SpatialEncoder(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        channels = cfg.spatial_channels
+        self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], 3, padding=1)
+        self.levels = nn.ModuleList(
+            DownLevel2d(
+                channels[max(i - 1, 0)],
+                channels[i],
+                cfg.spatial_layers_per_block,
+                cfg.spatial_groups,
+                downsample=i < len(channels) - 1,
+            )
+            for i in range(len(channels))
+        )
+        self.mid = MidBlock2d(channels[-1], cfg.spatial_groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_in(x)
+        for level in self.levels:
+            x = level(x)
+        return self.mid(x)
+
+
+class SpatialDecoder(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        channels = tuple(reversed(cfg.spatial_channels))
+        self.mid = MidBlock2d(channels[0], cfg.spatial_groups)
+        self.levels = nn.ModuleList(
+            UpLevel2d(
+                channels[max(i - 1, 0)],
+                channels[i],
+                cfg.spatial_layers_per_block + 1,
+                cfg.spatial_groups,
+                upsample=i < len(channels) - 1,
+            )
+            for i in range(len(channels))
+        )
+        self.norm_out = nn.GroupNorm(cfg.spatial_groups, channels[-1], eps=SPATIAL_NORM_EPS)
+        self.conv_out = nn.Conv2d(channels[-1], cfg.in_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.mid(x)
+        for level in self.levels:
+            x = level(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class SpatialAutoencoder(nn.Module):
+    """Per-frame 2D stage: (N, 3, H, W) pixels <-> (N, C, H/8, W/8) scaled features."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.scale = cfg.spatial_scale
+        self.encoder = SpatialEncoder(cfg)
+        self.decoder = SpatialDecoder(cfg)
+
+    def encode(self, frames: Tensor) -> Tensor:
+        return self.encoder(frames) * self.scale
+
+    def decode(self, features: Tensor) -> Tensor:
+        return self.decoder(features / self.scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Temporal stage (3D)
+# --------------------------------------------------------------------------------------------
+
+
+class TimeDownsample3d(nn.Conv3d):
+    """3x3x3 conv with stride 2 in time; time is padded (0, 1) so that T halves exactly."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, 3, stride=(2, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (1, 1, 1, 1, 0, 1)))
+
+
+class ResBlock3d(nn.Module):
+    """GroupNorm-SiLU-conv3x3x3 twice, bias-free convs; `upsample_time` first repeats frames 2x."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, upsample_time: bool = False) -> None:
+        super().__init__()
+        self.upsample_time = upsample_time
+        self.norm1 = nn.GroupNorm(groups, in_channels, eps=TEMPORAL_NORM_EPS)
+        self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, out_channels, eps=TEMPORAL_NORM_EPS)
+        self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.skip = nn.Conv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.upsample_time:
+            x = x.repeat_interleave(2, dim=2)
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class TemporalEncoder(nn.Module):
+    """(N, C, 8, h, w) frame group -> (N, 2 * latent, 1, h, w) moments."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = [cfg.temporal_filters * m for m in cfg.temporal_multipliers]
+        groups, n = cfg.temporal_groups, cfg.temporal_res_blocks
+        self.conv_in = nn.Conv3d(cfg.spatial_latent_channels, cfg.temporal_filters, 3, padding=1, bias=False)
+        levels, previous = [], cfg.temporal_filters
+        for width in widths:
+            levels.append(nn.ModuleList(ResBlock3d(previous if j == 0 else width, width, groups) for j in range(n)))
+            previous = width
+        self.levels = nn.ModuleList(levels)
+        self.downsample = nn.ModuleList(TimeDownsample3d(w) for w in widths[:-1])
+        self.mid = nn.ModuleList(ResBlock3d(widths[-1], widths[-1], groups) for _ in range(n))
+        self.norm_out = nn.GroupNorm(groups, widths[-1], eps=TEMPORAL_NORM_EPS)
+        self.conv_out = nn.Conv3d(widths[-1], 2 * cfg.latent_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv_in(x)
+        for i, level in enumerate(self.levels):
+            for block in level:
+                x = block(x)
+            if i < len(self.downsample):
+                x = self.downsample[i](x)
+        for block in self.mid:
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class TemporalDecoder(nn.Module):
+    """(B, latent, n, h, w) -> (B, C, 8n, h, w). Time is upsampled 2x after the middle blocks
+    (repeat), then 2x by depth-to-space after every level but the two lowest."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = [cfg.temporal_filters * m for m in cfg.temporal_multipliers]
+        groups, n = cfg.temporal_groups, cfg.temporal_res_blocks
+        self.conv_in = nn.Conv3d(cfg.latent_channels, widths[-1], 3, padding=1)
+        self.mid = nn.ModuleList(ResBlock3d(widths[-1], widths[-1], groups) for _ in range(n))
+        self.mid_upsample = ResBlock3d(widths[-1], widths[-1], groups, upsample_time=True)
+        # Levels are stored lowest first (like the encoder) but run highest first.
+        levels = []
+        for i, width in enumerate(widths):
+            previous = widths[min(i + 1, len(widths) - 1)]
+            levels.append(nn.ModuleList(ResBlock3d(previous if j == 0 else width, width, groups) for j in range(n)))
+        self.levels = nn.ModuleList(levels)
+        # upsample[i - 1] follows level i; level 1 keeps the frame count (mid_upsample did its 2x).
+        self.upsample = nn.ModuleList(
+            nn.Conv3d(w, 2 * w, 3, padding=1) if i >= 2 else nn.Identity() for i, w in enumerate(widths) if i >= 1
+        )
+        self.norm_out = nn.GroupNorm(groups, widths[0], eps=TEMPORAL_NORM_EPS)
+        self.conv_out = nn.Conv3d(widths[0], cfg.spatial_latent_channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = self.conv_in(z)
+        for block in self.mid:
+            x = block(x)
+        x = self.mid_upsample(x)
+        for i in reversed(range(len(self.levels))):
+            for block in self.levels[i]:
+                x = block(x)
+            if i >= 1 and not isinstance(self.upsample[i - 1], nn.Identity):
+                x = _depth_to_time(self.upsample[i - 1](x))
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+def _depth_to_time(x: Tensor) -> Tensor:
+    """(B, 2C, T, H, W) -> (B, C, 2T, H, W); channel 2c + k becomes frame 2t + k of channel c."""
+    b, c2, t, h, w = x.shape
+    return x.view(b, c2 // 2, 2, t, h, w).permute(0, 1, 3, 2, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
+
+
+class TemporalAutoencoder(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.group = cfg.temporal_factor
+        latent = cfg.latent_channels
+        self.encoder = TemporalEncoder(cfg)
+        self.quant_conv = nn.Conv3d(2 * latent, 2 * latent, 1)
+        self.post_quant_conv = nn.Conv3d(latent, latent, 1)
+        self.decoder = TemporalDecoder(cfg)
+
+    def encode(self, features: Tensor) -> Tensor:
+        """(B, C, T, h, w), T a multiple of the group size -> moments (B, 2 * latent, T / group, h, w).
+        Every group of frames is encoded on its own."""
+        b, c, t, h, w = features.shape
+        n = t // self.group
+        groups = features.view(b, c, n, self.group, h, w).transpose(1, 2).reshape(b * n, c, self.group, h, w)
+        moments = self.quant_conv(self.encoder(groups))
+        return moments.view(b, n, -1, h, w).transpose(1, 2)
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(self.post_quant_conv(z))
+
+
+# --------------------------------------------------------------------------------------------
+# The whole VAE
+# --------------------------------------------------------------------------------------------
+
+
+class MUGVideoVAE(nn.Module):
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.spatial = SpatialAutoencoder(cfg)
+        self.temporal = TemporalAutoencoder(cfg)
+        c = cfg.latent_channels
+        mean = torch.tensor(cfg.latent_mean or (0.0,) * c, dtype=torch.float32)
+        std = torch.tensor(cfg.latent_std or (1.0,) * c, dtype=torch.float32)
+        self.register_buffer("latent_mean", mean.view(1, c, 1, 1, 1))
+        self.register_buffer("latent_std", std.view(1, c, 1, 1, 1))
+
+    # ----- normalisation ---------------------------------------------------------------------
+
+    def normalize(self, z: Tensor) -> Tensor:
+        return (z - self.latent_mean.to(z.dtype)) / self.latent_std.to(z.dtype)
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        return z * self.latent_std.to(z.dtype) + self.latent_mean.to(z.dtype)
+
+    # ----- stages ----------------------------------------------------------------------------
+
+    def _spatial_encode(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) -> (B, C, T, H/8, W/8), frames in batches of `spatial_frame_batch`."""
+        b, _, t, _, _ = video.shape
+        frames = video.transpose(1, 2).flatten(0, 1)
+        step = self.cfg.spatial_frame_batch
+        feats = torch.cat([self.spatial.encode(frames[i : i + step]) for i in range(0, frames.shape[0], step)])
+        return feats.view(b, t, *feats.shape[1:]).transpose(1, 2)
+
+    def _spatial_decode(self, feats: Tensor) -> Tensor:
+        b, _, t, _, _ = feats.shape
+        flat = feats.transpose(1, 2).flatten(0, 1)
+        step = self.cfg.spatial_frame_batch
+        frames = torch.cat([self.spatial.decode(flat[i : i + step]) for i in range(0, flat.shape[0], step)])
+        return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
+
+    def _pad_time(self, feats: Tensor) -> Tensor:
+        """Bring the frame count to a multiple of the group size: replicate frame 0 for 1 mod
+        group (so it is its own group), else zero-pad at the front."""
+        t, group = feats.shape[2], self.cfg.temporal_factor
+        pad = -t % group
+        if pad == 0:
+            return feats
+        if t % group == 1:
+            front = feats[:, :, :1].expand(-1, -1, pad, -1, -1)
+        else:
+            front = feats.new_zeros(feats.shape[0], feats.shape[1], pad, *feats.shape[3:])
+        return torch.cat([front, feats], dim=2)
+
+    def _check_video(self, video: Tensor) -> None:
+        if video.ndim != 5 or video.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"expected video (B, {self.cfg.in_channels}, T, H, W), got {tuple(video.shape)}")
+        f = self.cfg.spatial_factor
+        if video.shape[-2] % f or video.shape[-1] % f:
+            raise ValueError(f"height and width must be multiples of {f}, got {tuple(video.shape[-2:])}")
+
+    def encode_moments(self, video: Tensor) -> Tensor:
+        """Raw posterior moments (B, 2 * latent, ceil(T / 8), H/8, W/8), in time chunks of
+        `encode_chunk_frames` (exact: groups are independent), untiled."""
+        self._check_video(video)
+        feats = self._pad_time(self._spatial_encode(video))
+        chunk = self.cfg.encode_chunk_frames or feats.shape[2]
+        chunks = [self.temporal.encode(feats[:, :, i : i + chunk]) for i in range(0, feats.shape[2], chunk)]
+        return torch.cat(chunks, dim=2)
+
+    def decode_raw(self, z: Tensor, num_frames: int | None = None) -> Tensor:
+        """Raw latents -> pixels, in chunks of `decode_chunk_latents` latent frames (no overlap,
+        as released), untiled. Padding frames at the front are cropped to `num_frames`."""
+        chunk = self.cfg.decode_chunk_latents or z.shape[2]
+        feats = torch.cat([self.temporal.decode(z[:, :, i : i + chunk]) for i in range(0, z.shape[2], chunk)], dim=2)
+        if num_frames is not None:
+            feats = feats[:, :, self._front_crop(z.shape[2], num_frames) :]
+        return self._spatial_decode(feats)
+
+    def _front_crop(self, latent_frames: int, num_frames: int) -> int:
+        group = self.cfg.temporal_factor
+        decoded = latent_frames * group
+        if not decoded - group < num_frames <= decoded:
+            raise ValueError(
+                f"{latent_frames} latent frames decode to {decoded - group + 1}..{decoded} frames, not {num_frames}"
+            )
+        return decoded - num_frames
+
+    # ----- training --------------------------------------------------------------------------
+
+    def forward(
+        self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, DiagonalGaussian]:
+        """Reconstruct a clip through raw (unnormalised) latents; returns (recon, posterior)."""
+        posterior = DiagonalGaussian(self.encode_moments(video))
+        z = posterior.sample(generator) if sample else posterior.mode()
+        return self.decode_raw(z, num_frames=video.shape[2]), posterior
+
+    # ----- inference -------------------------------------------------------------------------
+
+    def encode_posterior(self, video: Tensor) -> DiagonalGaussian:
+        """Posterior over raw latents, spatially tiled when `tile_size` is set and exceeded."""
+        tile, f = self.cfg.tile_size, self.cfg.spatial_factor
+        if not tile or max(video.shape[-2:]) <= tile:
+            return DiagonalGaussian(self.encode_moments(video))
+        overlap = self.cfg.tile_overlap // f
+        moments = blend_tiles(
+            # Tiles are copied out: convolutions on strided views are several times slower.
+            lambda rows, cols: self.encode_moments(
+                video[..., rows.start * f : rows.stop * f, cols.start * f : cols.stop * f].contiguous()
+            ),
+            tile_spans(video.shape[-2] // f, tile // f, overlap),
+            tile_spans(video.shape[-1] // f, tile // f, overlap),
+            overlap,
+        )
+        return DiagonalGaussian(moments)
+
+    def encode(self, video: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Pixels (B, 3, T, H, W) in [-1, 1] -> normalised latents (B, 24, ceil(T/8), H/8, W/8).
+        `sample=True` draws from the posterior (what the release does); default is the mode."""
+        posterior = self.encode_posterior(video)
+        return self.normalize(posterior.sample(generator) if sample else posterior.mode())
+
+    def decode(self, z: Tensor, num_frames: int | None = None) -> Tensor:
+        """Normalised latents -> pixels. `num_frames` defaults to 8 per latent frame; any count
+        the latents can hold (e.g. 8n + 1 after encoding 8n + 1 frames) crops the front."""
+        raw = self.denormalize(z)
+        tile, f = self.cfg.tile_size, self.cfg.spatial_factor
+        if not tile or max(z.shape[-2:]) * f <= tile:
+            return self.decode_raw(raw, num_frames)
+        overlap = self.cfg.tile_overlap // f
+        return blend_tiles(
+            lambda rows, cols: self.decode_raw(raw[..., rows, cols].contiguous(), num_frames),
+            tile_spans(z.shape[-2], tile // f, overlap),
+            tile_spans(z.shape[-1], tile // f, overlap),
+            overlap,
+            scale=f,
+        )
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        f = self.cfg.spatial_factor
+        return (self.cfg.latent_channels, self.cfg.latent_frames(num_frames), height // f, width // f)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

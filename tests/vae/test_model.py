@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from mugv.config import ConfigError, load_config
+from mugv.models.vae import MUGV_LATENT_MEAN, MUGV_LATENT_STD, DiagonalGaussian, MUGVideoVAE, VAEConfig
+
+from vae_testing import clone_with, random_video
+
+
+@pytest.mark.parametrize(
+    ("frames", "size", "latent_frames"),
+    [(1, 32, 1), (8, 32, 1), (9, 32, 2), (17, 32, 3), (105, 8, 14)],
+)
+def test_encode_decode_shapes(tiny_vae, frames, size, latent_frames):
+    video = random_video(frames, size, size + 8)
+    with torch.no_grad():
+        z = tiny_vae.encode(video)
+        assert z.shape == (1, 24, latent_frames, size // 8, (size + 8) // 8)
+        assert z.shape[1:] == tiny_vae.latent_shape(frames, size, size + 8)
+        out = tiny_vae.decode(z, num_frames=frames)
+    assert out.shape == video.shape
+    assert torch.isfinite(out).all()
+
+
+def test_decode_defaults_to_eight_frames_per_latent(tiny_vae):
+    with torch.no_grad():
+        out = tiny_vae.decode(torch.randn(1, 24, 3, 2, 2))
+    assert out.shape == (1, 3, 24, 16, 16)
+
+
+def test_image_is_one_latent_frame_equal_to_first_latent_of_clip(tiny_vae):
+    # A clip of 8n + 1 frames replicates frame 0 into its own group, so its first latent frame
+    # is exactly the latent of frame 0 encoded as an image.
+    clip = random_video(17, 16, 16, seed=3)
+    with torch.no_grad():
+        image_latent = tiny_vae.encode(clip[:, :, :1])
+        clip_latent = tiny_vae.encode(clip)
+    assert image_latent.shape[2] == 1
+    torch.testing.assert_close(image_latent[:, :, 0], clip_latent[:, :, 0], rtol=1e-4, atol=1e-5)
+    # Later latents depend on later frames, not on frame 0's group.
+    assert not torch.allclose(clip_latent[:, :, 1], clip_latent[:, :, 0])
+
+
+def test_decode_rejects_frame_counts_the_latents_cannot_hold(tiny_vae):
+    z = torch.randn(1, 24, 2, 2, 2)
+    with pytest.raises(ValueError, match="not 8"):
+        tiny_vae.decode(z, num_frames=8)
+    with pytest.raises(ValueError, match="not 17"):
+        tiny_vae.decode(z, num_frames=17)
+
+
+def test_bad_input_shapes_are_rejected(tiny_vae):
+    with pytest.raises(ValueError, match="multiples of 8"):
+        tiny_vae.encode(torch.zeros(1, 3, 1, 12, 16))
+    with pytest.raises(ValueError, match="expected video"):
+        tiny_vae.encode(torch.zeros(1, 4, 1, 16, 16))
+
+
+def test_time_chunked_encode_equals_whole_clip(tiny_vae):
+    # Frame groups are encoded independently, so chunking the encoder in time is exact.
+    video = random_video(33, 16, 16, seed=4)
+    whole = clone_with(tiny_vae, encode_chunk_frames=0)
+    chunked = clone_with(tiny_vae, encode_chunk_frames=8)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked.encode_moments(video), whole.encode_moments(video), rtol=1e-4, atol=1e-5)
+
+
+def test_decode_chunks_are_independent(tiny_vae):
+    # Decoding runs in chunks of `decode_chunk_latents` without overlap: the frames of a chunk
+    # depend only on its own latents.
+    z = torch.randn(1, 24, 4, 2, 2, generator=torch.Generator().manual_seed(5))
+    model = clone_with(tiny_vae, decode_chunk_latents=2)
+    changed = z.clone()
+    changed[:, :, 3] += 1.0
+    with torch.no_grad():
+        a, b = model.decode(z), model.decode(changed)
+    torch.testing.assert_close(a[:, :, :16], b[:, :, :16])
+    assert not torch.allclose(a[:, :, 16:], b[:, :, 16:])
+
+
+def test_posterior_sample_and_mode():
+    moments = torch.cat([torch.randn(2, 4, 1, 3, 3), torch.full((2, 4, 1, 3, 3), -2.0)], dim=1)
+    post = DiagonalGaussian(moments)
+    assert torch.equal(post.mode(), moments[:, :4])
+    a = post.sample(torch.Generator().manual_seed(7))
+    b = post.sample(torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and not torch.equal(a, post.mode())
+    torch.testing.assert_close((a - post.mode()).std(), torch.tensor(torch.exp(torch.tensor(-1.0)).item()), atol=0.15, rtol=0)
+    standard = DiagonalGaussian(torch.zeros(1, 8, 1, 2, 2))
+    assert torch.equal(standard.kl(), torch.zeros(1))
+    assert (post.kl() > 0).all()
+
+
+def test_encode_sample_uses_posterior_noise(tiny_vae):
+    video = random_video(8, 16, 16)
+    with torch.no_grad():
+        mode = tiny_vae.encode(video)
+        sample = tiny_vae.encode(video, sample=True, generator=torch.Generator().manual_seed(0))
+        again = tiny_vae.encode(video, sample=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sample, again) and not torch.allclose(sample, mode)
+
+
+def test_mugv_preset_normalises_with_published_constants():
+    with torch.device("meta"):
+        model = MUGVideoVAE(VAEConfig.from_preset("mugv"))
+    cfg = model.cfg
+    assert cfg.latent_channels == 24 and cfg.spatial_factor == 8 and cfg.temporal_factor == 8
+    assert cfg.spatial_channels == (128, 256, 512, 512) and cfg.temporal_filters == 128
+    assert len(MUGV_LATENT_MEAN) == len(MUGV_LATENT_STD) == 24
+    small = MUGVideoVAE(VAEConfig(latent_mean=MUGV_LATENT_MEAN, latent_std=MUGV_LATENT_STD))
+    z = torch.randn(2, 24, 1, 2, 2)
+    expected = (z - torch.tensor(MUGV_LATENT_MEAN).view(1, 24, 1, 1, 1)) / torch.tensor(MUGV_LATENT_STD).view(1, 24, 1, 1, 1)
+    torch.testing.assert_close(small.normalize(z), expected)
+    torch.testing.assert_close(small.denormalize(small.normalize(z)), z)
+
+
+def test_forward_backward_reaches_every_parameter(tiny_vae):
+    model = clone_with(tiny_vae).train()
+    recon, posterior = model(random_video(9, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert recon.shape == (1, 3, 9, 16, 16)
+    (recon.square().mean() + 1e-6 * posterior.kl().mean()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+
+
+def test_config_validation_names_the_key():
+    with pytest.raises(ConfigError, match="vae.spatial_channels"):
+        VAEConfig(spatial_channels=(12, 16), spatial_groups=8).validate()
+    with pytest.raises(ConfigError, match="vae.tile_size"):
+        VAEConfig(tile_size=20).validate()
+    with pytest.raises(ConfigError, match="vae.latent_std"):
+        VAEConfig(latent_std=(1.0,) * 3).validate()
+
+
+def test_preset_overrides_through_config_loader():
+    cfg = load_config(None, ["--preset=mugv", "--tile_size=256"], cls=VAEConfig)
+    assert cfg.temporal_filters == 128 and cfg.tile_size == 256

@@ -1,0 +1,30 @@
+"""Helpers shared by the VAE tests."""
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from mugv.models.vae import MUGVideoVAE
+
+
+def clone_with(model: MUGVideoVAE, **changes) -> MUGVideoVAE:
+    """Same weights, different config (chunking, tiling)."""
+    other = MUGVideoVAE(dataclasses.replace(model.cfg, **changes)).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def random_video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand((1, 3, frames, height, width), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def moving_square(frames: int, size: int, shift: int) -> np.ndarray:
+    """uint8 (T, size, size, 3): colour gradients with a green square moving right."""
+    video = np.zeros((frames, size, size, 3), np.uint8)
+    y, x = np.mgrid[:size, :size]
+    for t in range(frames):
+        video[t, ..., 0] = (x * 255 // size).astype(np.uint8)
+        video[t, ..., 2] = (y * 255 // size).astype(np.uint8)
+        video[t, 8 : 8 + size // 4, (t * shift) % size : (t * shift) % size + size // 4, 1] = 255
+    return video
