@@ -12,8 +12,13 @@ from mugv.config import ConfigError
 COMMAND_MODULES = [
     "mugv.commands.train",
     "mugv.commands.info",
+    "mugv.commands.curate",
     "mugv.commands.expand",
     "mugv.commands.ema",
+    "mugv.commands.generate",
+    "mugv.commands.demo",
+    "mugv.commands.vae",
+    "mugv.commands.encode",
 ]
 
 

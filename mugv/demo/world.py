@@ -17,7 +17,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
-BACKGROUND = (96, 96, 96)
+# Dark gray: every palette colour differs from it in luminance too (optical flow sees gray only).
+BACKGROUND = (40, 40, 40)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,9 @@ def render(scene: Scene, frames: int = 17, height: int = 64, width: int = 64, se
     bg = background(height, width, seed)
     radius = min(height, width) * rng.uniform(0.12, 0.16)
     dx, dy = DIRECTIONS[scene.direction]
-    span_x, span_y = width - 4 * radius, height - 4 * radius
-    travel = speed if speed is not None else rng.uniform(0.55, 0.8)
+    # most of the way across the frame: clear motion even in a short, small clip
+    span_x, span_y = width - 2.5 * radius, height - 2.5 * radius
+    travel = speed if speed is not None else rng.uniform(0.8, 1.0)
     # start on the side the shape comes from, at a random position across the motion
     cx0 = width / 2 - dx * travel * span_x / 2 + (0 if dx else rng.uniform(-0.3, 0.3) * span_x)
     cy0 = height / 2 - dy * travel * span_y / 2 + (0 if dy else rng.uniform(-0.3, 0.3) * span_y)

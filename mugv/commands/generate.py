@@ -1,0 +1,226 @@
+"""`mugv generate`: text-to-video, image-to-video and video continuation from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from mugv.infer.pipeline import (
+    ASPECT_RATIOS,
+    RESOLUTIONS,
+    GenerationError,
+    GenerationRequest,
+    frame_size,
+    frames_for_duration,
+)
+
+CSV_COLUMNS = {"prompt", "image", "video", "continue_frames", "negative_prompt", "seed", "name"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate videos from a trained DiT (T2V, I2V, continuation)",
+        description="Generate videos: a prompt (T2V), plus --image (I2V / TI2V) or --video (continuation).",
+    )
+    src = parser.add_argument_group("models")
+    src.add_argument("--dit", required=True, help="DiT weights: our .safetensors, a checkpoint folder, or MUG-V dit.pt")
+    src.add_argument("--vae", required=True, help="VAE weights: our .safetensors or MUG-V vae.pt")
+    src.add_argument("--vae-preset", default="mugv", help="VAE size preset (default: mugv, the published size)")
+    src.add_argument("--lora", default="", help="a LoRA adapter saved by training (lora.safetensors) to apply")
+    src.add_argument("--text-encoder", default="t5", choices=["t5", "minilm"], help="text encoder (default: t5)")
+    src.add_argument("--text-encoder-path", default="", help="local folder of the text encoder (T5 needs one)")
+    what = parser.add_argument_group("what to generate")
+    what.add_argument("--prompt", help="the text prompt")
+    what.add_argument("--prompts", type=Path, help="CSV with a `prompt` column (optional: image, video, "
+                      "continue_frames, negative_prompt, seed, name), one video per row")
+    what.add_argument("--image", type=Path, help="reference image for the first frame (I2V)")
+    what.add_argument("--video", type=Path, help="video whose first frames the output continues")
+    what.add_argument("--continue-frames", type=int, default=9, help="frames of --video to keep (1 + 8k; default 9)")
+    what.add_argument("--negative-prompt", default=None, help="negative prompt; '' uses the null text "
+                      "(default: the release's negative prompt)")
+    size = parser.add_argument_group("size and sampling")
+    size.add_argument("--resolution", default="720p", choices=list(RESOLUTIONS))
+    size.add_argument("--aspect", default="16:9", choices=list(ASPECT_RATIOS))
+    size.add_argument("--height", type=int, help="height in pixels (multiple of 16); overrides --resolution")
+    size.add_argument("--width", type=int, help="width in pixels (multiple of 16); overrides --resolution")
+    size.add_argument("--frames", type=int, help="frame count (1 + 8k), e.g. 105")
+    size.add_argument("--duration", type=float, default=5.0, help="seconds, when --frames is not given (default 5)")
+    size.add_argument("--fps", type=float, default=30.0, help="frames per second, conditioning and file (default 30)")
+    size.add_argument("--steps", type=int, default=25)
+    size.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    size.add_argument("--seed", type=int, default=0)
+    size.add_argument("--aesthetic-score", type=float, default=6.0, help="appended to the prompt as the release does")
+    run = parser.add_argument_group("output and device")
+    run.add_argument("--out", type=Path, required=True, help="output .mp4 (one prompt) or folder (--prompts)")
+    run.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    run.add_argument("--offload", action="store_true", help="keep the text encoder and VAE off the GPU while the DiT runs")
+    parser.set_defaults(func=run_generate)
+
+
+def read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenerationError(f"cannot read reference image {path}: {exc}") from exc
+
+
+def read_video(path: Path, frames: int) -> np.ndarray:
+    from mugv.video.reader import VideoError, decode
+
+    try:
+        return decode(path, max_frames=frames).frames
+    except VideoError as exc:
+        raise GenerationError(f"cannot read video to continue {path}: {exc}") from exc
+
+
+def base_request(args: argparse.Namespace) -> GenerationRequest:
+    if args.height or args.width:
+        if not (args.height and args.width):
+            raise GenerationError("give --height and --width together")
+        height, width = args.height, args.width
+    else:
+        height, width = frame_size(args.resolution, args.aspect)
+    return GenerationRequest(
+        prompt="-", height=height, width=width,
+        num_frames=args.frames or frames_for_duration(args.duration, args.fps), fps=args.fps, steps=args.steps,
+        cfg_scale=args.cfg, negative_prompt=args.negative_prompt, seed=args.seed, aesthetic_score=args.aesthetic_score,
+    )
+
+
+def requests_from_csv(path: Path, base: GenerationRequest) -> list[GenerationRequest]:
+    """Every row checked before any generation: a bad row is reported with its line number."""
+    if not path.is_file():
+        raise GenerationError(f"prompt file not found: {path}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = set(reader.fieldnames or [])
+        if "prompt" not in columns:
+            raise GenerationError(f"{path}: needs a `prompt` column (found: {', '.join(sorted(columns)) or 'none'})")
+        unknown = columns - CSV_COLUMNS
+        if unknown:
+            raise GenerationError(f"{path}: unknown columns {', '.join(sorted(unknown))}; known: {', '.join(sorted(CSV_COLUMNS))}")
+        rows = list(reader)
+    requests, problems = [], []
+    for line, row in enumerate(rows, start=2):
+        try:
+            req = dataclasses.replace(base, prompt=row["prompt"] or "", name=row.get("name") or f"{line - 1:04d}")
+            if row.get("negative_prompt") is not None and row.get("negative_prompt") != "":
+                req.negative_prompt = row["negative_prompt"]
+            if row.get("seed"):
+                req.seed = int(row["seed"])
+            if row.get("image"):
+                req.image = read_image(Path(row["image"]))
+            if row.get("video"):
+                req.continue_frames = int(row.get("continue_frames") or 9)
+                req.video = read_video(Path(row["video"]), req.continue_frames)
+            req.validate()
+            requests.append(req)
+        except (GenerationError, ValueError) as exc:
+            problems.append(f"line {line}: {exc}")
+    if problems:
+        raise GenerationError(f"{path} has bad rows:\n  " + "\n  ".join(problems))
+    if not requests:
+        raise GenerationError(f"{path} has no prompts")
+    return requests
+
+
+def build_requests(args: argparse.Namespace) -> list[GenerationRequest]:
+    base = base_request(args)
+    if (args.prompt is None) == (args.prompts is None):
+        raise GenerationError("give exactly one of --prompt and --prompts")
+    if args.prompts is not None:
+        return requests_from_csv(args.prompts, base)
+    req = dataclasses.replace(base, prompt=args.prompt, name=args.out.stem)
+    if args.image is not None:
+        req.image = read_image(args.image)
+    if args.video is not None:
+        req.continue_frames = args.continue_frames
+        req.video = read_video(args.video, args.continue_frames)
+    req.validate()
+    return [req]
+
+
+def load_generator(args: argparse.Namespace):
+    import torch
+
+    from mugv.infer.pipeline import VideoGenerator
+    from mugv.models.dit.adapters import load_into, read_weights
+    from mugv.models.dit.config import DiTConfig
+    from mugv.models.dit.model import MUGDiT
+    from mugv.models.text.encoders import build_text_encoder
+    from mugv.models.vae import adapters as vae_adapters
+    from mugv.models.vae.config import VAEConfig
+    from mugv.models.vae.model import MUGVideoVAE
+
+    for label, path in (("DiT weights", args.dit), ("VAE weights", args.vae)):
+        if not Path(path).exists():
+            raise GenerationError(f"{label} not found: {path}")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    weights = read_weights(args.dit)
+    dit = MUGDiT(DiTConfig.from_weights(weights))
+    load_into(dit, weights, layout="mugv")
+    if args.lora:
+        attach_lora(dit, Path(args.lora))
+    vae = MUGVideoVAE(VAEConfig.from_preset(args.vae_preset))
+    vae_adapters.load_into(vae, vae_adapters.read_state_dict(args.vae))
+    encoder = build_text_encoder(args.text_encoder, args.text_encoder_path, max_tokens=dit.cfg.max_text_tokens,
+                                 dtype="bf16" if device.type == "cuda" else "fp32",
+                                 device="cpu" if args.offload else str(device))
+    return VideoGenerator(dit, vae, encoder, device=device, offload=args.offload)
+
+
+def attach_lora(dit, path: Path) -> None:
+    """Apply an adapter written by `mugv train` with lora.rank > 0 (its rank, alpha and targets
+    are in the file's metadata), merged into the weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mugv.config import LoRAConfig
+    from mugv.train.lora import load_lora, merge_lora
+
+    if not path.is_file():
+        raise GenerationError(f"LoRA adapter not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if not {"rank", "alpha", "targets"} <= set(meta):
+        raise GenerationError(f"{path} is not a LoRA adapter saved by mugv train (no rank / alpha / targets metadata)")
+    cfg = LoRAConfig(rank=int(meta["rank"]), alpha=float(meta["alpha"]), targets=meta["targets"].split(","))
+    try:
+        load_lora(dit, load_file(path), cfg)
+    except (KeyError, ValueError) as exc:
+        raise GenerationError(f"LoRA adapter {path} does not fit this DiT: {exc}") from exc
+    merge_lora(dit)
+
+
+def run_generate(args: argparse.Namespace, _: list[str]) -> int:
+    from tqdm import tqdm
+
+    from mugv.video.writer import write_mp4
+
+    try:
+        requests = build_requests(args)  # every input checked before any model is loaded
+        generator = load_generator(args)
+    except GenerationError as exc:
+        print(f"mugv generate: {exc}")
+        return 2
+    single = args.prompts is None
+    if not single:
+        args.out.mkdir(parents=True, exist_ok=True)
+    for req in requests:
+        out = args.out if single else args.out / f"{req.name}.mp4"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tqdm(total=req.steps, desc=req.name or "sampling", unit="step") as bar:
+            video = generator.generate(req, progress=lambda _: bar.update(1))
+        write_mp4(out, video.frames, fps=req.fps)
+        kind = "I2V" if req.image is not None else ("continuation" if req.video is not None else "T2V")
+        print(f"wrote {out} ({kind}, {len(video.frames)} frames {req.width}x{req.height} at {req.fps:g} fps)")
+    return 0

@@ -1,0 +1,195 @@
+"""`mugv demo`: the whole system on a laptop CPU, end to end, in minutes.
+
+corpus -> `mugv curate` -> `mugv vae train` + `mugv vae eval` -> `mugv encode` -> `mugv train`
+-> `mugv generate` -> prompt-adherence scoring -> report.html.
+
+Each stage runs the same command a user would, on the files the previous stage wrote, so any of
+them can be rerun alone. A stage whose output exists is skipped: a stopped demo resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mugv.cli import main as mugv_main
+from mugv.demo.world import Scene, render, split_scenes
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoPlan:
+    """How much work each stage does; `quick` is a smoke-test size."""
+
+    clips_per_scene: int = 3
+    vae_steps: int = 600
+    dit_steps: int = 1500
+    sample_steps: int = 25
+    seeds_per_prompt: int = 2
+
+    @classmethod
+    def quick(cls) -> "DemoPlan":
+        return cls(clips_per_scene=1, vae_steps=4, dit_steps=4, sample_steps=2, seeds_per_prompt=1)
+
+
+def run(command: list[str]) -> None:
+    """Run a mugv command in-process; a failure stops the demo naming the command."""
+    code = mugv_main(command)
+    if code:
+        raise DemoError(f"`mugv {' '.join(command)}` failed with exit code {code}")
+
+
+class Demo:
+    def __init__(self, out: Path, plan: DemoPlan):
+        self.out = out
+        self.plan = plan
+        self.timings: dict[str, float] = {}
+        self.train_scenes, self.held_scenes = split_scenes()
+        out.mkdir(parents=True, exist_ok=True)
+        timings_file = out / "timings.json"
+        if timings_file.is_file():
+            self.timings = json.loads(timings_file.read_text())
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        print(f"\n=== mugv demo: {name} ===", flush=True)
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        (self.out / "timings.json").write_text(json.dumps(self.timings, indent=2))
+
+    # ----- stages ----------------------------------------------------------------------------
+
+    def corpus(self) -> Path:
+        from mugv.commands.curate import bundled_sample_clips
+        from mugv.demo.corpus import CorpusSpec, build_corpus
+
+        table = self.out / "corpus" / "corpus.csv"
+        if not table.is_file():
+            build_corpus(self.out / "corpus", self.train_scenes, CorpusSpec(clips_per_scene=self.plan.clips_per_scene),
+                         bundled_sample_clips())
+        return table
+
+    def curate(self, table: Path) -> Path:
+        manifest = self.out / "curate" / "manifest.parquet"
+        if not manifest.is_file():
+            run(["curate", str(table), "--out", str(self.out / "curate"), "--config", "curate-demo"])
+        return manifest
+
+    def vae(self, manifest: Path) -> Path:
+        """Train the tiny VAE on the curated clips; evaluate it before and after on held-out clips."""
+        import torch
+        from safetensors.torch import save_file
+
+        from mugv.models.vae.config import VAEConfig
+        from mugv.models.vae.model import MUGVideoVAE
+        from mugv.video.writer import write_mp4
+
+        run_dir = self.out / "vae"
+        held_out = run_dir / "eval-clips"
+        held_out.mkdir(parents=True, exist_ok=True)
+        for i, scene in enumerate(self.held_scenes[:3]):
+            write_mp4(held_out / f"{i}.mp4", render(scene, frames=17, height=64, width=64, seed=500 + i), fps=12)
+        untrained = run_dir / "untrained.safetensors"
+        torch.manual_seed(0)
+        save_file(MUGVideoVAE(VAEConfig.from_preset("tiny")).state_dict(), untrained)
+        evaluate = ["vae", "eval", str(held_out), "--preset", "tiny", "--height", "64", "--width", "64", "--frames", "17"]
+        run([*evaluate, "--weights", str(untrained), "--output", str(run_dir / "eval-before.json")])
+        run(["vae", "train", "--config", "vae-demo", "--source", str(manifest), f"--run_dir={run_dir}",
+             f"--train.steps={self.plan.vae_steps}"])
+        weights = latest_checkpoint_dir(run_dir) / "model.safetensors"
+        run([*evaluate, "--weights", str(weights), "--output", str(run_dir / "eval-after.json")])
+        return weights
+
+    def encode(self, manifest: Path, vae_weights: Path) -> Path:
+        shards = self.out / "shards"
+        run(["encode", str(manifest), "--out", str(shards), "--vae-preset", "tiny", "--vae-weights", str(vae_weights),
+             "--text-encoder", "minilm", "--text-max-tokens", "32", "--buckets", "17x64x64,1x64x64", "--no-progress"])
+        return shards
+
+    def train(self, shards: Path) -> Path:
+        run_dir = self.out / "dit"
+        run(["train", "--config", "demo", f"--data.shards={shards}", f"--run_dir={run_dir}",
+             f"--train.steps={self.plan.dit_steps}"])
+        return run_dir
+
+    def prompts(self) -> tuple[Path, list[tuple[str, Scene]]]:
+        """Held-out prompts (combinations never seen in training) and one I2V case."""
+        rows, cases = [], []
+        for scene in self.held_scenes:
+            for seed in range(self.plan.seeds_per_prompt):
+                name = f"t2v-{scene.color}-{scene.shape}-{scene.direction}-{seed}"
+                rows.append({"prompt": scene.caption, "name": name, "seed": seed, "image": ""})
+                cases.append((name, scene))
+        scene = self.held_scenes[0]
+        reference = self.out / "generate" / "i2v-reference.png"
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(render(scene, frames=1, height=64, width=64, seed=99)[0]).save(reference)
+        rows.append({"prompt": scene.caption, "name": f"i2v-{scene.color}-{scene.shape}-{scene.direction}",
+                     "seed": 0, "image": str(reference)})
+        cases.append((rows[-1]["name"], scene))
+        table = self.out / "generate" / "prompts.csv"
+        with table.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["prompt", "name", "seed", "image"])
+            writer.writeheader()
+            writer.writerows(rows)
+        return table, cases
+
+    def generate(self, dit_dir: Path, vae_weights: Path) -> list[tuple[Path, Scene]]:
+        table, cases = self.prompts()
+        out = self.out / "generate"
+        checkpoint = latest_checkpoint_dir(dit_dir)
+        run(["generate", "--dit", str(checkpoint), "--vae", str(vae_weights), "--vae-preset", "tiny",
+             "--text-encoder", "minilm", "--prompts", str(table), "--out", str(out), "--height", "64", "--width", "64",
+             "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", "4"])
+        return [(out / f"{name}.mp4", scene) for name, scene in cases]
+
+    def all(self) -> Path:
+        with self.stage("corpus"):
+            table = self.corpus()
+        with self.stage("curate"):
+            manifest = self.curate(table)
+        with self.stage("vae"):
+            vae_weights = self.vae(manifest)
+        with self.stage("encode"):
+            shards = self.encode(manifest, vae_weights)
+        with self.stage("train"):
+            dit_dir = self.train(shards)
+        with self.stage("generate"):
+            videos = self.generate(dit_dir, vae_weights)
+        with self.stage("report"):
+            from mugv.demo.summary import write_demo_report
+
+            report = write_demo_report(self, manifest, dit_dir, videos)
+        print(f"\nmugv demo: report at {report}")
+        return report
+
+
+def latest_checkpoint_dir(run_dir: Path) -> Path:
+    from mugv.train.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(run_dir / "checkpoints")
+    if found is None:
+        raise DemoError(f"no checkpoint in {run_dir / 'checkpoints'}")
+    return found
+
+
+def read_frames(path: Path) -> np.ndarray:
+    from mugv.video.reader import decode
+
+    return decode(path).frames
+
+
+def run_demo(out: Path, quick: bool = False) -> Path:
+    return Demo(out, DemoPlan.quick() if quick else DemoPlan()).all()
