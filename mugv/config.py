@@ -512,8 +512,9 @@ def to_toml(cfg: Any) -> str:
 
 
 def find_profile(name: str) -> Path:
+    """A TOML path (it ends in .toml or names a directory), else a profile name in configs/."""
     path = Path(name)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or "/" in name or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         return path

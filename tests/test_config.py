@@ -70,3 +70,9 @@ def test_dry_run_prints_the_resolved_tree(capsys):
 def test_cli_reports_config_errors_with_exit_code_2(capsys):
     assert main(["train", "--dry-run", "--optim.lrr=1"]) == 2
     assert "did you mean 'optim.lr'" in capsys.readouterr().err
+
+
+def test_a_profile_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatch):
+    (tmp_path / "debug").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("debug").name == "debug"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import json
 import time
 from pathlib import Path
 from typing import Protocol
@@ -330,6 +331,11 @@ class Trainer:
             if resumed is not None:
                 logger.message(f"resumed from {resumed} at step {self.step} (stage '{self.curriculum.stage.name}')"
                                if not self.curriculum.finished else f"resumed from {resumed}: curriculum finished")
+            if validation and self.step == 0:  # the starting point, e.g. of a fine-tune
+                start = self.validate(validation)
+                logger.message(f"validation loss before training: {start['val/loss']:.4f}")
+                if main:
+                    (run_dir / "validation-start.json").write_text(json.dumps(start, indent=2))
             while self.step < cfg.train.steps and not self.curriculum.finished:
                 self.apply_stage()
                 wait_start = time.perf_counter()
@@ -344,9 +350,7 @@ class Trainer:
                 metrics["step"] = self.step
                 metrics["stage"] = self.curriculum.index
                 if validation and self.step % cfg.validation.every_steps == 0:
-                    metrics.update(validation_loss(self.model, validation, sigmas=cfg.validation.sigmas,
-                                                   num_train_timesteps=cfg.flow.num_train_timesteps,
-                                                   seed=cfg.train.seed, device=self.device))
+                    metrics.update(self.validate(validation))
                     self.curriculum.record_validation(metrics["val/loss"])
                 history.append(metrics)
                 logger.log(self.step, metrics)
@@ -366,6 +370,12 @@ class Trainer:
                 self.export_final(run_dir)
             logger.finish()
         return history
+
+    def validate(self, batches: list[LatentBatch]) -> dict[str, float]:
+        cfg = self.cfg
+        return validation_loss(self.model, batches, sigmas=cfg.validation.sigmas,
+                               num_train_timesteps=cfg.flow.num_train_timesteps, seed=cfg.train.seed,
+                               device=self.device)
 
     def validation_batches(self) -> list[LatentBatch]:
         """The fixed held-out batches: `validation.shards`, or a synthetic pool the run never trains on."""

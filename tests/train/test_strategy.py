@@ -61,6 +61,7 @@ def test_validation_is_logged_and_a_plateau_ends_a_stage(tmp_path):
     assert len(history) == 4 and "val/loss" in history[1] and "val/loss" not in history[0]
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[3]["val/loss@0.50"] == records[3]["val/loss"]
+    assert "val/loss" in json.loads((tmp_path / "validation-start.json").read_text())
 
 
 GOLDEN_WEIGHTS = str(Path(__file__).resolve().parents[1] / "golden" / "dit_debug_mugv_weights.safetensors")
