@@ -108,7 +108,25 @@ class Demo:
              f"--train.steps={self.plan.vae_steps}"])
         weights = latest_checkpoint_dir(run_dir) / "model.safetensors"
         run([*evaluate, "--weights", str(weights), "--output", str(run_dir / "eval-after.json")])
-        return weights
+        return self.normalized_vae(manifest, weights)
+
+    def normalized_vae(self, manifest: Path, weights: Path) -> Path:
+        """The trained VAE with its per-channel latent mean / std measured on the curated clips, so
+        the DiT sees unit-scale latents (the published VAE ships its constants; a new one needs them)."""
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        stats_file = self.out / "vae" / "latent-stats.json"
+        run(["vae", "stats", str(manifest), "--weights", str(weights), "--preset", "tiny", "--height", "64",
+             "--width", "64", "--frames", "17", "--output", str(stats_file)])
+        stats = json.loads(stats_file.read_text())
+        state = load_file(weights)
+        shape = state["latent_mean"].shape
+        state["latent_mean"] = torch.tensor(stats["latent_mean"], dtype=torch.float32).view(shape)
+        state["latent_std"] = torch.tensor(stats["latent_std"], dtype=torch.float32).view(shape)
+        normalized = self.out / "vae" / "vae-normalized.safetensors"
+        save_file(state, normalized)
+        return normalized
 
     def encode(self, manifest: Path, vae_weights: Path) -> Path:
         shards = self.out / "shards"
@@ -152,7 +170,9 @@ class Demo:
         checkpoint = latest_checkpoint_dir(dit_dir)
         run(["generate", "--dit", str(checkpoint), "--vae", str(vae_weights), "--vae-preset", "tiny",
              "--text-encoder", "minilm", "--prompts", str(table), "--out", str(out), "--height", "64", "--width", "64",
-             "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", "4"])
+             "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", "4",
+             # guidance against the null text the model learned through caption dropout
+             "--negative-prompt", ""])
         return [(out / f"{name}.mp4", scene) for name, scene in cases]
 
     def all(self) -> Path:
