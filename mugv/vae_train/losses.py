@@ -64,7 +64,7 @@ _LPIPS_SCALE = (0.458, 0.448, 0.450)
 class PerceptualLoss(nn.Module):
     """LPIPS-style distance on VGG16 features, loaded from a local file only.
 
-    The file holds torchvision VGG16 names (``features.{i}.weight/bias``) and optionally the
+    The file holds the common VGG16 layer names (``features.{i}.weight/bias``) and optionally the
     LPIPS linear heads (``lin{k}.model.1.weight``); without heads every channel weighs the same.
     Frames are compared one by one; returns the mean distance."""
 
