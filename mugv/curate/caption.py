@@ -80,7 +80,7 @@ class Qwen2VLCaptioner:
     """Qwen2-VL from a local folder (weights, tokenizer and `preprocessor_config.json`).
 
     The frames go in as a sequence of images and the ChatML prompt is built here: transformers'
-    Qwen2-VL video and combined processors need an image library this project cannot install on CPU.
+    Qwen2-VL video and combined processors need an image library this project cannot install on CPU."""
 
     def __init__(self, model_path: str, prompt: str, max_new_tokens: int, device: str = "cpu"):
         from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration
