@@ -84,3 +84,18 @@ def letterbox(frames: np.ndarray, fraction: float = 0.15) -> np.ndarray:
     out[:, :bar] = 0
     out[:, out.shape[1] - bar :] = 0
     return out
+
+
+def write_audio_only(path, chunks: int = 8) -> None:
+    """A silent AAC file with no video stream (what a probe must reject as audio-only)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(chunks):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -12,18 +12,7 @@ from curate_testing import FPS, curate_config, shot
 
 from mugv.curate.runner import run_curation
 from mugv.video import write_mp4
-
-
-def _audio_only(path) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for _ in range(30):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+from mugv.video.synthetic import write_audio_only
 
 
 def _truncated_stream(path, frames) -> None:
@@ -59,7 +48,7 @@ def test_bad_input_corpus(tmp_path):
     gaps = np.tile([1 / 30, 1 / 15, 1 / 20], 16)[:47]
     write_mp4(corpus / "vfr.mp4", shot(23, frames=48), FPS, frame_times=np.concatenate([[0.0], np.cumsum(gaps)]))
     write_mp4(corpus / "rotated.mp4", shot(24, frames=48), FPS, rotation=90)
-    _audio_only(corpus / "audio_only.mp4")
+    write_audio_only(corpus / "audio_only.mp4", chunks=30)
     write_mp4(corpus / "huge.mp4", np.zeros((1, 4352, 7680, 3), np.uint8), FPS, preset="ultrafast")
 
     result = run_curation(corpus, tmp_path / "out", curate_config("--dedup.enabled=false"))

@@ -1,4 +1,3 @@
-from pathlib import Path
 
 from mugv.demo.report import Section, Video, write_report
 

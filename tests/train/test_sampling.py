@@ -1,7 +1,6 @@
 import dataclasses
 
 import numpy as np
-import torch
 
 from mugv.infer.pipeline import GenerationRequest, VideoGenerator
 from mugv.models.dit.config import DiTConfig

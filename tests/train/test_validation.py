@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from mugv.config import load_config
 from mugv.data.synthetic import SyntheticLatents

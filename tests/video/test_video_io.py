@@ -19,6 +19,7 @@ from mugv.video import (
     synthetic,
     write_mp4,
 )
+from mugv.video.synthetic import write_audio_only
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +75,10 @@ def test_variable_frame_rate_keeps_real_timestamps(tmp_path, shot):
     assert video.measured_fps == pytest.approx(9 / 1.0, rel=1e-2)
 
 
-def _write_audio_only(path):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        for _ in range(8):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def test_unusable_files_raise_video_error_with_reason(tmp_path, shot):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.mp4").write_text("not a video\n" * 20)
-    _write_audio_only(tmp_path / "audio.m4a")
+    write_audio_only(tmp_path / "audio.m4a")
     write_mp4(tmp_path / "whole.mp4", shot, fps=24)
     whole = (tmp_path / "whole.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # mp4 index is at the end: lost
