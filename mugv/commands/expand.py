@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Grow a trained MUG-DiT's width so that it computes the same function, e.g. 2b -> 10b.",
     )
     parser.add_argument("--from", dest="source", required=True,
-                        help="weights: our .safetensors, a checkpoint directory, MUG-V dit.pt or Megatron .pt")
+                        help="weights: our .safetensors, a checkpoint directory (single-process, or the sharded "
+                             "DCP one of a torchrun run), MUG-V dit.pt or Megatron .pt")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-preset", choices=list(PRESETS), help="target model preset (depth and head_dim must match)")
     target.add_argument("--factor", type=int, help="integer width factor")

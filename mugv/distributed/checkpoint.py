@@ -8,7 +8,9 @@ The tensor-parallel fused projections, whose rows `parallelize_dit` permutes int
 moments) and re-permuted on load; a plain single-process model loads the same files.
 
 Directory layout of `step_00000100/`: the DCP files (`.metadata`, `__*_*.distcp`) holding
-`model.*` and `optim.*`, `trainer.json` (step, scheduler, data position, config; rank 0),
+`model.*`, `optim.*` and any further tensor sets laid out like the parameters (EMA averages:
+`ema.*`, `power_ema_<i>.*`), `trainer.json` (step, scheduler, data position, config, the
+names of those sets; rank 0),
 `rng/rank_<r>.pt` (each rank's global RNG state), `rng/dp_<d>.pt` (the step generator of
 data-parallel rank d, which all its tp / cp / pp ranks share). As with single-process
 checkpoints the directory gets its final name only once complete.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -96,31 +99,59 @@ def _canonical(name: str, value: torch.Tensor, blocked: dict[str, tuple[int, int
     return value
 
 
+def canonical_tensors(model: Modules, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors`, named and laid out like `model`'s parameters (the parameters themselves, or
+    averages of them), in the saved layout: sharded ones as DTensors, TP-permuted ones gathered
+    and restored to the original row order (a collective: every rank must call it)."""
+    blocked = _blocked(model)
+    return {name: _canonical(name, value.detach(), blocked) for name, value in tensors.items()}
+
+
 def model_state(model: Modules) -> dict[str, torch.Tensor]:
-    """Parameters and buffers by MUG-V name; sharded ones as DTensors, TP-permuted ones gathered
-    and restored to the original row order (a collective: every rank must call it). For a list
+    """Parameters and buffers by MUG-V name in the saved layout (`canonical_tensors`). For a list
     of pipeline stages: the union of their tensors (copies share a name and a value)."""
+    return canonical_tensors(model, {name: value for m in _modules(model) for name, value in _model_params(m).items()})
+
+
+def full_tensors(model: Modules, tensors: Mapping[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """Plain full CPU copies of `tensors` (named like `model`'s parameters) in the MUG-V layout.
+
+    A collective: every rank calls it. Only ranks with `keep` hold the result, and tensors are
+    gathered one at a time, so no rank holds more than one full tensor on its device.
+    """
     blocked = _blocked(model)
     out = {}
-    for m in _modules(model):
-        out.update({name: _canonical(name, value.detach(), blocked) for name, value in _model_params(m).items()})
+    for name, value in tensors.items():
+        full = _full(_canonical(name, value.detach(), blocked)).to("cpu", copy=True)
+        if keep:
+            out[name] = full
     return out
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor gathered to a plain tensor in the MUG-V layout (collective; for export and tests)."""
-    return {name: _full(value).clone() for name, value in model_state(model).items()}
+def full_state_dict(model: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
+    """Every tensor gathered to a plain CPU tensor in the MUG-V layout (collective; for export and tests)."""
+    return full_tensors(model, _model_params(model), keep)
 
 
 @torch.no_grad()
-def load_model_state(model: Modules, state: dict[str, torch.Tensor]) -> None:
+def load_model_state(model: Modules, state: Mapping[str, torch.Tensor]) -> None:
     """Copy `state` (the layout `model_state` produces: DTensors or plain, original row order) in."""
     if isinstance(model, (list, tuple)):
         for m in model:
             load_model_state(m, state)
         return
-    blocked = head_blocked_parameters(model)
-    own = _model_params(model)
+    _copy_into(_model_params(model), state, head_blocked_parameters(model))
+
+
+@torch.no_grad()
+def load_tensors(model: Modules, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
+    """Copy `state` (as `canonical_tensors` lays it out) into `own`, tensors named and laid out
+    like `model`'s parameters (e.g. EMA averages)."""
+    _copy_into(own, state, _blocked(model))
+
+
+def _copy_into(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+               blocked: dict[str, tuple[int, int]]) -> None:
     for name, target in own.items():
         if name not in state:
             raise CheckpointError(f"checkpoint has no tensor {name}")
@@ -139,8 +170,8 @@ def export_mugv_safetensors(model: nn.Module, path: Path) -> Path | None:
     """Gather the model and write one safetensors file in MUG-V layout (rank 0 writes)."""
     from mugv.models.dit.adapters import save_safetensors
 
-    full = full_state_dict(model)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    full = full_state_dict(model, keep=_rank() == 0)
+    if _rank() == 0:
         save_safetensors(full, path)
         return Path(path)
     return None
@@ -249,9 +280,14 @@ def save_distributed(
     async_save: bool = False,
     dp_rank: int = 0,
     dp_leader: bool = True,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> tuple[Path, Future | None]:
     """Write step `step` under `root` with DCP; returns its path and, with `async_save`, the
-    future of the background write (the tensors are staged to memory before returning)."""
+    future of the background write (the tensors are staged to memory before returning).
+
+    `tensors`: further named sets of tensors laid out like the model's parameters (EMA
+    averages), saved sharded like them under `<set>.<parameter name>`.
+    """
     import torch.distributed.checkpoint as dcp
 
     final = root / f"step_{step:08d}"
@@ -260,7 +296,9 @@ def save_distributed(
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)
     _barrier()
-    state = {"model": model_state(model), "optim": optimizer_state(model, optimizer)}
+    tensors = tensors or {}
+    state = {"model": model_state(model), "optim": optimizer_state(model, optimizer),
+             **{name: canonical_tensors(model, values) for name, values in tensors.items()}}
     torch.save({"global": global_rng_state()}, tmp / "rng" / f"rank_{_rank()}.pt")
     if dp_leader:  # one writer per data-parallel rank
         torch.save({"generator": generator}, tmp / "rng" / f"dp_{dp_rank}.pt")
@@ -268,7 +306,7 @@ def save_distributed(
     def finish() -> None:
         _barrier()
         if _rank() == 0:
-            (tmp / "trainer.json").write_text(json.dumps({"step": step, **meta}, indent=2))
+            (tmp / "trainer.json").write_text(json.dumps({"step": step, "tensors": sorted(tensors), **meta}, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
             for old in list_checkpoints(root)[:-keep_last]:
@@ -299,22 +337,35 @@ class _Pending:
 
 
 def load_distributed(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, dp_rank: int = 0
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    dp_rank: int = 0,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> tuple[dict[str, Any], torch.Tensor | None]:
-    """Load a DCP checkpoint into `model` / `optimizer` of any layout; returns (trainer meta,
-    the step generator of data-parallel rank `dp_rank`, or None when the checkpoint has none)."""
+    """Load a DCP checkpoint into `model` / `optimizer` (and the named sets of `tensors`, see
+    `save_distributed`) of any layout; returns (trainer meta, the step generator of
+    data-parallel rank `dp_rank`, or None when the checkpoint has none)."""
     import torch.distributed.checkpoint as dcp
 
     if not (path / "trainer.json").is_file() or not (path / ".metadata").is_file():
         raise CheckpointError(f"{path} is not a complete distributed checkpoint")
-    state: dict[str, Any] = {"model": model_state(model)}
+    meta = json.loads((path / "trainer.json").read_text())
+    tensors = tensors or {}
+    missing = sorted(set(tensors) - set(meta.get("tensors", [])))
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no {', '.join(missing)} tensors: the run that wrote it "
+                              "did not keep them")
+    state: dict[str, Any] = {"model": model_state(model),
+                             **{name: canonical_tensors(model, own) for name, own in tensors.items()}}
     if optimizer is not None:
         state["optim"] = _optimizer_template(model, optimizer)
     dcp.load(state, checkpoint_id=str(path))
     load_model_state(model, state["model"])
+    for name, own in tensors.items():
+        load_tensors(model, own, state[name])
     if optimizer is not None:
         load_optimizer_state(model, optimizer, state["optim"])
-    meta = json.loads((path / "trainer.json").read_text())
     rng_file = path / "rng" / f"rank_{_rank()}.pt"
     if rng_file.is_file():
         restore_global_rng_state(torch.load(rng_file, weights_only=False)["global"])
@@ -325,3 +376,23 @@ def load_distributed(
 
 def is_distributed_checkpoint(path: Path) -> bool:
     return STEP_DIR.match(path.name) is not None and (path / ".metadata").is_file()
+
+
+def read_tensor_set(path: Path, name: str = "model") -> dict[str, torch.Tensor]:
+    """One tensor set of a DCP checkpoint (`model`, `ema`, ...) as plain full tensors in the
+    MUG-V layout, read by this process alone (no process group needed): how tools such as
+    `mugv expand` take the weights of a torchrun run."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    path = Path(path)
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a distributed checkpoint (no .metadata)")
+    prefix = f"{name}."
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    tensors = {key[len(prefix):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+               for key, meta in saved.items() if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint {path} holds no '{name}' tensors")
+    dcp.load({name: tensors}, checkpoint_id=str(path), no_dist=True)
+    return tensors

@@ -183,13 +183,19 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def finish_gradients(model: nn.Module, plan: ParallelPlan) -> None:
-    """After backward: sum the gradients tensor parallel does not shard over the tp ranks."""
+    """After backward: sum the gradients tensor parallel does not shard over the tp ranks, and
+    complete the partial ones of replicated DTensor parameters (a row-parallel layer's LoRA B
+    sees only its rank's input columns; FSDP2 does this itself when it shards too)."""
     if plan.dims.tp == 1:
         return
     group = plan.group("tp")
     for name, param in model.named_parameters():
-        if param.grad is not None and name not in plan.tp_sharded:
+        if param.grad is None:
+            continue
+        if name not in plan.tp_sharded:
             dist.all_reduce(local_tensor(param.grad), group=group)
+        elif param.grad.placements != param.placements:
+            param.grad = param.grad.redistribute(param.grad.device_mesh, param.placements)
 
 
 @torch.no_grad()

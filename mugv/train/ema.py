@@ -1,7 +1,10 @@
 """Exponential moving averages of model weights: online, post-hoc (EDM2), and checkpoint ensembles.
 
-* `EMA`: the classic online average with a fixed decay. Its shadow copies are made from the
-  parameters themselves, so under FSDP2 each rank keeps only its own shard.
+* `EMA`: the classic online average with a fixed decay.
+* Sharded models (FSDP2, tensor parallel): the averages are made from the parameters
+  themselves, so they are DTensors sharded like them; each rank updates only its own shard
+  (elementwise, no communication). Gathering full weights (export, snapshots) is left to the
+  caller, which knows the layout (`gather`, mugv.distributed.checkpoint.full_tensors).
 * `PowerEMA`: EDM2's power-function averages (Karras et al., 2024). An average with exponent
   gamma weighs the past as tau^gamma; its width is the relative standard deviation sigma_rel.
   Snapshots of two such averages saved during training are enough to rebuild, afterwards, the
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,22 @@ def _float_params(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
             yield name, param
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (a plain tensor is its own)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _lerp_towards(averages: list[torch.Tensor], params: list[torch.Tensor], weight: float) -> None:
+    # on local shards: parameters of one model can live on different meshes (FSDP vs FSDP x TP),
+    # which DTensor's multi-tensor ops refuse; the update is elementwise, so shards suffice
+    torch._foreach_lerp_([_local(a) for a in averages], [_local(p.detach()).float() for p in params], weight)
+
+
+Gather = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
 class EMA:
     """shadow <- decay * shadow + (1 - decay) * weights, in float32."""
 
@@ -40,8 +59,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         names, params = zip(*_float_params(model))
-        shadows = [self.shadow[n] for n in names]
-        torch._foreach_lerp_(shadows, [p.detach().float() for p in params], 1.0 - self.decay)
+        _lerp_towards([self.shadow[n] for n in names], list(params), 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
@@ -99,18 +117,24 @@ class PowerEMA:
     def update(self, model: nn.Module) -> None:
         self.t += 1
         names, params = zip(*_float_params(model))
-        current = [p.detach().float() for p in params]
         for gamma, average in zip(self.gammas, self.averages):
             beta = (1 - 1 / self.t) ** (gamma + 1)
-            torch._foreach_lerp_([average[n] for n in names], current, 1.0 - beta)
+            _lerp_towards([average[n] for n in names], list(params), 1.0 - beta)
 
-    def snapshot(self, directory: Path) -> list[Path]:
-        """Write each average as `ema-<t>-<sigma_rel>.safetensors` with its t and gamma."""
-        directory.mkdir(parents=True, exist_ok=True)
+    def snapshot(self, directory: Path | None, gather: Gather = dict) -> list[Path]:
+        """Write each average as `ema-<t>-<sigma_rel>.safetensors` with its t and gamma.
+
+        Sharded averages: every rank calls this with a `gather` that assembles the full tensors
+        (a collective); only a rank given a `directory` writes.
+        """
         paths = []
         for sigma_rel, gamma, average in zip(self.sigma_rels, self.gammas, self.averages):
+            full = gather(average)
+            if directory is None:
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"ema-{self.t:08d}-{sigma_rel:.3f}.safetensors"
-            save_file({n: v.cpu() for n, v in average.items()}, path, metadata={"t": str(self.t), "gamma": repr(gamma)})
+            save_file({n: v.cpu() for n, v in full.items()}, path, metadata={"t": str(self.t), "gamma": repr(gamma)})
             paths.append(path)
         return paths
 

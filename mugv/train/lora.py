@@ -18,6 +18,9 @@ from torch import nn
 
 from mugv.config import LoRAConfig
 
+LORA_FACTORS = ("lora_A", "lora_B")  # the parameter names on an adapted layer: A (rank x in), B (out x rank)
+
+
 def _lora_output(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
     x = args[0]
     return output + module.lora_scale * F.linear(F.linear(x, module.lora_A.to(x.dtype)), module.lora_B.to(x.dtype))

@@ -113,9 +113,10 @@ class Trainer:
         if cfg.lora.rank:
             apply_lora(self.model, cfg.lora)
         freeze_parameters(self.model, cfg.train.freeze)
-        if self.dist and (cfg.ema.decay or cfg.ema.power_sigma_rels):
-            raise ConfigError("ema.* is not yet supported under torchrun: train with EMA in one process, or "
-                              "average checkpoints afterwards with `mugv ema ensemble`")
+        if self.dist and self.dist.dims.pp > 1 and (cfg.ema.decay or cfg.ema.power_sigma_rels or cfg.lora.rank):
+            # each pipeline rank holds only its stages: the exports would need a gather across them
+            raise ConfigError("ema.* and lora.* are not supported with parallel.pp > 1: use FSDP / tensor / context "
+                              "parallelism, or average checkpoints afterwards with `mugv ema ensemble`")
         if self.dist:
             self.dist.parallelize(self.model)
         self.data = data or (self.dist.data_source() if self.dist else build_data_source(cfg))
@@ -190,6 +191,22 @@ class Trainer:
                 raise CheckpointError("the checkpoint lacks the power-EMA averages that ema.power_sigma_rels asks for")
             self.power_ema.load_state_dict({"t": t, "sigma_rels": self.power_ema.sigma_rels, "averages": averages})
 
+    def check_power_ema_widths(self, saved_config: dict, path: Path) -> None:
+        """The saved averages are stored by position: their widths must be the configured ones."""
+        saved = saved_config.get("ema", {}).get("power_sigma_rels")
+        if self.power_ema is not None and saved and tuple(saved) != self.power_ema.sigma_rels:
+            raise CheckpointError(f"checkpoint {path} holds power-EMA averages of widths {saved}, "
+                                  f"but ema.power_sigma_rels = {list(self.power_ema.sigma_rels)}")
+
+    def gathered(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full tensors in the MUG-V layout of `tensors` named like the parameters (EMA averages,
+        LoRA factors). Under torchrun a collective that every rank calls; rank 0 gets the result."""
+        if not self.dist:
+            return tensors
+        from mugv.distributed.checkpoint import full_tensors
+
+        return full_tensors(self.trained, tensors, keep=self.dist.is_main)
+
     def save_checkpoint(self) -> Path:
         if self.dist:
             from mugv.distributed.checkpoint import save_distributed
@@ -200,7 +217,8 @@ class Trainer:
             path, _ = save_distributed(self.cfg.checkpoint_dir, self.step, self.trained, self.optimizer, meta,
                                        self.generator.get_state(), self.cfg.checkpoint.keep_last,
                                        dp_rank=self.dist.dp_rank,
-                                       dp_leader=coords["tp"] == coords["cp"] == coords["pp"] == 0)
+                                       dp_leader=coords["tp"] == coords["cp"] == coords["pp"] == 0,
+                                       tensors=self.ema_tensors())
             return path
         return save_training_state(self.cfg.checkpoint_dir, self.state(), self.cfg.checkpoint.keep_last)
 
@@ -212,10 +230,14 @@ class Trainer:
             raise CheckpointError(f"{path} is a single-process checkpoint; a distributed run resumes from DCP "
                                   "checkpoints (load its model.safetensors with checkpoint.init_weights instead)")
         dp_rank, dp_size = (self.dist.dp_rank, self.dist.dims.dp) if self.dist else (0, 1)
-        meta, generator = load_distributed(path, self.trained, self.optimizer, dp_rank=dp_rank)
+        meta, generator = load_distributed(path, self.trained, self.optimizer, dp_rank=dp_rank,
+                                           tensors=self.ema_tensors())
         saved_model = meta.get("config", {}).get("model")
         if saved_model is not None and saved_model != to_dict(self.cfg.model):
             raise CheckpointError(f"checkpoint {path} was trained with different model settings")
+        self.check_power_ema_widths(meta.get("config", {}), path)
+        if self.power_ema is not None:
+            self.power_ema.t = int(meta["step"])
         self.load_schedule_state(meta["scheduler"])
         self.data.load_state_dict(meta["data"])
         if generator is not None and meta.get("dp_size") == dp_size:  # same data-parallel size: exact
@@ -248,6 +270,7 @@ class Trainer:
         self.data.load_state_dict(state.data)
         self.generator.set_state(state.generator)
         self.step = state.step
+        self.check_power_ema_widths(state.extra.get("config", {}), path)
         self.load_ema_tensors(state.tensors, t=state.step)
         return path
 
@@ -356,8 +379,8 @@ class Trainer:
                 logger.log(self.step, metrics)
                 for hook in hooks:
                     hook.on_step_end(self, metrics)
-                if self.power_ema is not None and main and self.step % cfg.ema.snapshot_every == 0:
-                    self.power_ema.snapshot(run_dir / "ema-snapshots")
+                if self.power_ema is not None and self.step % cfg.ema.snapshot_every == 0:
+                    self.power_ema.snapshot(run_dir / "ema-snapshots" if main else None, gather=self.gathered)
                 if self.curriculum.stage_done(self.step, self.samples_seen):
                     if cfg.stages:
                         logger.message(f"stage '{self.curriculum.stage.name}' done at step {self.step}")
@@ -366,8 +389,7 @@ class Trainer:
                 last = self.step == cfg.train.steps or self.curriculum.finished
                 if (every and self.step % every == 0) or last:
                     logger.message(f"saved {self.save_checkpoint()}")
-            if main:
-                self.export_final(run_dir)
+            self.export_final(run_dir, write=main)
             logger.finish()
         return history
 
@@ -390,14 +412,19 @@ class Trainer:
             raise ConfigError("validation.shards must name a held-out shard set when training from shards")
         return [source.next_batch() for _ in range(v.batches)]
 
-    def export_final(self, run_dir: Path) -> None:
-        """Weights a user takes away: the EMA weights and the LoRA adapter, as safetensors."""
+    def export_final(self, run_dir: Path, write: bool = True) -> None:
+        """Weights a user takes away: the EMA weights and the LoRA adapter, as full safetensors.
+        Under torchrun every rank takes part in gathering them; only the one with `write` writes."""
         if self.ema is not None:
-            save_safetensors(self.ema.state_dict(), run_dir / "ema.safetensors", {"decay": str(self.cfg.ema.decay)})
+            shadow = self.gathered(self.ema.state_dict())
+            if write:
+                save_safetensors(shadow, run_dir / "ema.safetensors", {"decay": str(self.cfg.ema.decay)})
         if self.cfg.lora.rank:
-            save_safetensors(lora_state_dict(self.model), run_dir / "lora.safetensors", {
-                "rank": str(self.cfg.lora.rank), "alpha": str(self.cfg.lora.alpha),
-                "targets": ",".join(self.cfg.lora.targets)})
+            adapter = self.gathered(lora_state_dict(self.model))
+            if write:
+                save_safetensors(adapter, run_dir / "lora.safetensors", {
+                    "rank": str(self.cfg.lora.rank), "alpha": str(self.cfg.lora.alpha),
+                    "targets": ",".join(self.cfg.lora.targets)})
 
     def throughput(self, batch: LatentBatch, step_seconds: float, data_seconds: float) -> dict[str, float]:
         flops = batch_train_flops(self.cfg.model, batch)

@@ -3,13 +3,16 @@
 `run_scenarios(world_size, [(name, fn, kwargs), ...])` starts `world_size` CPU processes, builds
 one gloo process group, runs every scenario in order on all ranks and returns rank 0's result of
 each (or the traceback of a failure). A collective that never completes times out instead of
-hanging the suite.
+hanging the suite. `run_once` makes a fixture's spawn happen once per test session under
+pytest-xdist too.
 """
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
+import shutil
 import socket
 import tempfile
 import traceback
@@ -59,3 +62,25 @@ def run_scenarios(world_size: int, scenarios) -> dict:
         else:
             merged[name] = ("error", "not run: an earlier scenario failed")
     return merged
+
+
+def run_once(tmp_path_factory, name: str, compute) -> tuple[object, Path]:
+    """(`compute(folder)`, folder), computed once per test session.
+
+    Under pytest-xdist every worker that runs a test of a module runs its module fixtures
+    again; for a multi-process spawn that doubles the suite's heaviest work. The first worker
+    computes in the session's shared temporary folder and saves the result; the others wait
+    for it on a file lock and load it.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        folder = tmp_path_factory.mktemp(name)
+        return compute(folder), folder
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, saved = shared / name, shared / name / "result.pt"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not saved.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            torch.save(compute(folder), saved)
+        return torch.load(saved, weights_only=False), folder

@@ -79,20 +79,23 @@ def _slice(batch: dict, index: int, parts: int) -> dict:
     return {k: v.chunk(parts)[index] for k, v in batch.items()}
 
 
-def reference_run(steps: int, cfg: DiTConfig | None = None) -> dict:
-    """The single-process run the parallel ones must match."""
+def reference_run(steps: int, cfg: DiTConfig | None = None, model: MUGDiT | None = None, after_step=None) -> dict:
+    """The single-process run the parallel ones must match; `after_step(model)` runs after
+    every optimizer step."""
     cfg = cfg or model_config()
-    model = make_model(cfg)
+    model = model or make_model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
     losses, grads = [], []
     for step in range(steps):
         loss = _loss(model, make_batch(step, cfg))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})  # every step
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})  # every step
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
+        if after_step is not None:
+            after_step(model)
     return {"losses": losses, "grads": grads, "weights": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
@@ -100,36 +103,42 @@ def full_grads(model) -> dict[str, torch.Tensor]:
     blocked = head_blocked_parameters(model)
     out = {}
     for name, p in model.named_parameters():
+        if p.grad is None:  # frozen
+            continue
         g = _full(p.grad)
         out[name] = from_rank_blocks(g, *blocked[name]) if name in blocked else g.clone()
     return out
 
 
-def build_parallel(world: int, parallel: dict, cfg: DiTConfig | None = None):
+def build_parallel(world: int, parallel: dict, cfg: DiTConfig | None = None, model: MUGDiT | None = None):
     cfg = cfg or model_config()
     pcfg = ParallelConfig(**parallel)
     dims = ParallelDims.from_config(pcfg, world, cfg)
     mesh = dims.build_mesh("cpu")
-    model = make_model(cfg)
+    model = model or make_model(cfg)
     plan = parallelize_dit(model, dims, mesh, pcfg)
     return model, plan
 
 
-def train_parallel(model, plan, steps: int, first_step: int = 0, cfg: DiTConfig | None = None, opt=None):
+def train_parallel(model, plan, steps: int, first_step: int = 0, cfg: DiTConfig | None = None, opt=None,
+                   after_step=None):
     cfg = cfg or model_config()
     dims, coords = plan.dims, plan.coords
-    opt = opt or torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01, foreach=False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = opt or torch.optim.AdamW(trainable, lr=LR, weight_decay=0.01, foreach=False)
     losses, grads = [], []
     for step in range(first_step, first_step + steps):
         batch = _slice(make_batch(step, cfg), coords["dp"], dims.dp)
         loss = _loss(model, batch)
         loss.backward()
         finish_gradients(model, plan)
-        clip_grad_norm_(list(model.parameters()), CLIP)
+        clip_grad_norm_(trainable, CLIP)
         if step in (first_step, first_step + steps - 1):
             grads.append(full_grads(model))
         opt.step()
         opt.zero_grad()
+        if after_step is not None:
+            after_step(model)
         global_loss = loss.detach().clone()
         if dims.dp > 1:
             dist.all_reduce(global_loss, group=plan.group("dp"))
@@ -213,12 +222,12 @@ def load_and_continue_single(ckpt: str, steps: int = 2) -> dict:
     return {"losses": losses, "grads": grads, "weights": {k: v.clone() for k, v in model.state_dict().items()}}
 
 
-def trainer_config(run_dir: str, name: str, steps: int, parallel: dict):
+def trainer_config(run_dir: str, name: str, steps: int, parallel: dict, extra: tuple[str, ...] = ()):
     from mugv.config import load_config
 
     overrides = [f"--run_dir={run_dir}/{name}", "--logging.progress=false", "--logging.tensorboard=false",
                  f"--train.steps={steps}", "--train.device=cpu", "--checkpoint.every_steps=2",
-                 "--optim.warmup_steps=1", "--data.num_samples=64"]
+                 "--optim.warmup_steps=1", "--data.num_samples=64", *extra]
     overrides += [f"--parallel.{k}={v}" for k, v in parallel.items()]
     return load_config("debug", overrides)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dist_scenarios as sc
 import pytest
+import sharded_strategy_scenarios as ss
 import torch
-from dist_harness import run_scenarios
+from dist_harness import run_once, run_scenarios
 from safetensors.torch import load_file
 
 from mugv.config import ConfigError, ParallelConfig
@@ -71,35 +72,44 @@ def checkpoint_reference():
 
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dcp")
-    scenarios = [(name, sc.parity, {"parallel": p, "steps": STEPS}) for name, p in FOUR_RANK.items()]
-    scenarios += [(name, sc.parity_pipeline, {"parallel": p, "steps": STEPS, "depth": depth})
-                  for name, (p, depth) in FOUR_RANK_PIPELINE.items()]
-    scenarios.append(("trainer", sc.trainer_resume, {"parallel": {"pp": 2, "dp_shard": 2},
-                                                     "run_dir": str(root / "runs4")}))
-    scenarios.append(("save", sc.save_and_continue, {"parallel": SAVE_LAYOUT, "ckpt_dir": str(root),
-                                                     "export": str(root / "export.safetensors"),
-                                                     "steps": CKPT_STEPS}))
-    return run_scenarios(4, scenarios), root
+    def run(root):
+        scenarios = [(name, sc.parity, {"parallel": p, "steps": STEPS}) for name, p in FOUR_RANK.items()]
+        scenarios += [(name, sc.parity_pipeline, {"parallel": p, "steps": STEPS, "depth": depth})
+                      for name, (p, depth) in FOUR_RANK_PIPELINE.items()]
+        scenarios.append(("trainer", sc.trainer_resume, {"parallel": {"pp": 2, "dp_shard": 2},
+                                                         "run_dir": str(root / "runs4")}))
+        scenarios.append(("save", sc.save_and_continue, {"parallel": SAVE_LAYOUT, "ckpt_dir": str(root),
+                                                         "export": str(root / "export.safetensors"),
+                                                         "steps": CKPT_STEPS}))
+        scenarios.append(("ema", ss.ema_parity, {"parallel": SAVE_LAYOUT, "snapshot_dir": str(root / "snapshots")}))
+        scenarios.append(("lora", ss.lora_parity, {"parallel": SAVE_LAYOUT}))
+        return run_scenarios(4, scenarios)
+
+    return run_once(tmp_path_factory, "parallel-4-ranks", run)
 
 
 @pytest.fixture(scope="module")
-def two_ranks(four_ranks):
+def two_ranks(tmp_path_factory, four_ranks):
     results4, root = four_ranks
-    scenarios = [(name, sc.parity, {"parallel": p, "steps": STEPS}) for name, p in TWO_RANK.items()]
-    scenarios += [(name, sc.parity_pipeline, {"parallel": p, "steps": STEPS, "depth": depth})
-                  for name, (p, depth) in TWO_RANK_PIPELINE.items()]
-    scenarios.append(("trainer", sc.trainer_resume, {"parallel": {"dp_shard": 1, "tp": 2}, "run_dir": str(root / "runs2")}))
-    scenarios.append(("trainer from 4 ranks", sc.trainer_resume_from, {
-        "parallel": {"dp_shard": 2}, "run_dir": str(root / "runs2"),
-        "checkpoint": str(root / "runs4" / "straight" / "checkpoints" / "step_00000002")}))
-    scenarios.append(("bf16", sc.parity, {"parallel": {"dp_shard": 2, "param_dtype": "bf16", "reduce_dtype": "bf16"},
-                                          "steps": STEPS}))
-    status, saved = results4["save"]
-    if status == "ok":
-        scenarios.append(("load", sc.load_and_continue, {"parallel": LOAD_LAYOUT, "ckpt": saved["path"],
-                                                         "steps": CKPT_STEPS}))
-    return run_scenarios(2, scenarios)
+
+    def run(_):  # writes beside the 4-rank runs, whose checkpoints it resumes
+        scenarios = [(name, sc.parity, {"parallel": p, "steps": STEPS}) for name, p in TWO_RANK.items()]
+        scenarios += [(name, sc.parity_pipeline, {"parallel": p, "steps": STEPS, "depth": depth})
+                      for name, (p, depth) in TWO_RANK_PIPELINE.items()]
+        scenarios.append(("trainer", sc.trainer_resume, {"parallel": {"dp_shard": 1, "tp": 2},
+                                                         "run_dir": str(root / "runs2")}))
+        scenarios.append(("trainer from 4 ranks", sc.trainer_resume_from, {
+            "parallel": {"dp_shard": 2}, "run_dir": str(root / "runs2"),
+            "checkpoint": str(root / "runs4" / "straight" / "checkpoints" / "step_00000002")}))
+        scenarios.append(("bf16", sc.parity, {"parallel": {"dp_shard": 2, "param_dtype": "bf16",
+                                                           "reduce_dtype": "bf16"}, "steps": STEPS}))
+        status, saved = results4["save"]
+        if status == "ok":
+            scenarios.append(("load", sc.load_and_continue, {"parallel": LOAD_LAYOUT, "ckpt": saved["path"],
+                                                             "steps": CKPT_STEPS}))
+        return run_scenarios(2, scenarios)
+
+    return run_once(tmp_path_factory, "parallel-2-ranks", run)[0]
 
 
 def _ok(results, name):
@@ -230,6 +240,28 @@ def test_exported_safetensors_hold_the_original_mugv_layout(four_ranks, checkpoi
     for name, tensor in checkpoint_reference["at_save"].items():
         if name in exported:
             assert sc.relative_error(exported[name], tensor) < 1e-4, name
+
+
+def test_ema_and_lora_on_fsdp_x_tp_shards_match_one_process(four_ranks, tmp_path):
+    """dp_shard = 2 x tp = 2: the averages are 2-D DTensors (fused qkv / kv rows in rank blocks)
+    updated shard by shard; LoRA factors are split with their tensor-parallel layer."""
+    results4, root = four_ranks
+    ema = _ok(results4, "ema")
+    reference = ss.ema_reference(str(tmp_path / "snapshots"))
+    assert ema["local_fraction"] < 0.4  # blocks split 4 ways, the rest 2 ways
+    for ours, theirs in [(ema["ema"], reference["ema"]), *zip(ema["power"], reference["power"], strict=True)]:
+        assert max(sc.relative_error(ours[n], t) for n, t in theirs.items()) < 1e-4
+    for name in sorted(p.name for p in (tmp_path / "snapshots").iterdir()):
+        ours, theirs = load_file(root / "snapshots" / name), load_file(tmp_path / "snapshots" / name)
+        assert max(sc.relative_error(ours[n], t) for n, t in theirs.items()) < 1e-4, name
+
+    lora = _ok(results4, "lora")
+    reference = ss.lora_reference()
+    err = sc.max_relative_error(lora, _first_and_last(reference))
+    assert err["loss"] < 1e-5 and err["grad"] < 1e-5, err
+    assert lora["lora_sharded"] and lora["optimized"]
+    assert all(n.endswith((".lora_A", ".lora_B")) for n in lora["optimized"])  # the optimizer holds LoRA only
+    assert max(sc.relative_error(lora["lora"][n], t) for n, t in reference["lora"].items()) < ss.LORA_TOLERANCE
 
 
 def test_rank_blocks_put_q_k_v_of_one_rank_together():

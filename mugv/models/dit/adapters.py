@@ -814,8 +814,13 @@ def load_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
 
 def read_weights(path: str | Path) -> StateDict:
     """DiT weights in our layout from any checkpoint a user may hold: our safetensors, a training
-    checkpoint directory, the published ``dit.pt``, or a single-file Megatron checkpoint."""
+    checkpoint directory (one process's, or the sharded DCP one of a torchrun run), the published
+    ``dit.pt``, or a single-file Megatron checkpoint."""
     path = Path(path)
+    if path.is_dir() and (path / ".metadata").is_file():
+        from mugv.distributed.checkpoint import read_tensor_set
+
+        return read_tensor_set(path, "model")
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():
