@@ -28,17 +28,22 @@ class MotionConfig:
 def motion_score(cfg: MotionConfig, frames: np.ndarray, scale: float = 1.0) -> float:
     """Mean Farneback flow magnitude over `pairs` frame pairs evenly spaced through the clip.
 
-    `frames` may be a copy downscaled by 1/`scale` from the analysis resolution (cheaper flow);
-    magnitudes are multiplied by `scale` so they stay in analysis-resolution pixels."""
+    `frames` are RGB [T, H, W, 3] or luma [T, H, W], and may be a copy downscaled by 1/`scale`
+    from the analysis resolution (cheaper flow); magnitudes are multiplied by `scale` so they
+    stay in analysis-resolution pixels."""
     if len(frames) <= cfg.pair_gap:
         return 0.0
     starts = sample_indices(0, len(frames) - cfg.pair_gap, cfg.pairs)
     magnitudes = []
     for start in starts:
-        first, second = to_gray(frames[start]), to_gray(frames[start + cfg.pair_gap])
+        first, second = _luma(frames[start]), _luma(frames[start + cfg.pair_gap])
         flow = cv2.calcOpticalFlowFarneback(first, second, None, 0.5, 3, 15, 3, 5, 1.2, 0)
         magnitudes.append(float(np.linalg.norm(flow, axis=2).mean()) * scale)
     return float(np.mean(magnitudes))
+
+
+def _luma(frame: np.ndarray) -> np.ndarray:
+    return frame if frame.ndim == 2 else to_gray(frame)
 
 
 def motion_reasons(cfg: MotionConfig, score: float) -> list[str]:

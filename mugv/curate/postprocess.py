@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from mugv.config import ConfigError
-from mugv.video import sample_indices, to_gray
+from mugv.video import sample_indices, shrink_stack, to_gray
 
 JUDGE_WIDTH = 128  # temporal cues are computed on frames this wide
 BAR_GUARD = 3  # pixels skipped next to detected bars (codec ringing along their edge)
@@ -51,12 +51,12 @@ class PostprocessConfig:
             raise ConfigError(f"postprocess.judge = {self.judge!r} must look like 'package.module:function'")
 
 
-def postprocess_scores(cfg: PostprocessConfig, frames: np.ndarray, small_frames: np.ndarray | None = None) -> dict[str, float]:
-    """Scores of one clip; `small_frames` is an optional downscaled copy of `frames` (any size
-    at least `JUDGE_WIDTH` wide) that the temporal cues are computed from, to save resizing."""
+def postprocess_scores(cfg: PostprocessConfig, frames: np.ndarray, small: np.ndarray | None = None) -> dict[str, float]:
+    """Scores of one clip; `small` is its luma about `JUDGE_WIDTH` wide, which the temporal cues
+    are computed from (`small_grays(frames)` when not given)."""
     picks = frames[sample_indices(0, len(frames), cfg.samples)]
     grays = to_gray(picks)
-    small = _small_grays(frames if small_frames is None else small_frames)
+    small = small_grays(frames) if small is None else small
     diffs = np.abs(np.diff(small.astype(np.float32), axis=0)).mean(axis=(1, 2)) if len(small) > 1 else np.zeros(1)
     frozen = diffs < cfg.frozen_pixel_delta
     shifts = _global_shifts(small)
@@ -111,25 +111,37 @@ def _load_judge(spec: str) -> Callable[[np.ndarray, dict], list[str]]:
     return getattr(importlib.import_module(module), name)
 
 
-def _small_grays(frames: np.ndarray) -> np.ndarray:
-    """Luma at an integer fraction of the size, about `JUDGE_WIDTH` wide (integer factors keep
-    the area resize on its fast path)."""
+def small_grays(frames: np.ndarray) -> np.ndarray:
+    """Luma of RGB frames at an integer fraction of their size, about `JUDGE_WIDTH` wide (integer
+    factors keep the area resize on its fast path)."""
     factor = max(1, round(frames.shape[2] / JUDGE_WIDTH))
-    size = (max(2, frames.shape[2] // factor), max(2, frames.shape[1] // factor))
     grays = to_gray(frames)
-    return grays if factor == 1 else np.stack([cv2.resize(g, size, interpolation=cv2.INTER_AREA) for g in grays])
+    return grays if factor == 1 else shrink_stack(grays, max(2, frames.shape[2] // factor), max(2, frames.shape[1] // factor))
 
 
 def _flat_edges(grays: np.ndarray, axis: int) -> tuple[int, int]:
     """How many rows (axis=1) or columns (axis=2) at the leading and trailing edge are flat and
     unchanging in every sampled frame. Bars count only in pairs, one on each side, as letterbox
     and pillarbox bars come; a wholly flat picture has no bars."""
-    lines = grays.astype(np.float32)
-    flat = np.all(lines.std(axis=3 - axis) < 4.0, axis=0) & (np.ptp(lines.mean(axis=3 - axis), axis=0) < 4.0)
+    mean, std = _mean_std(grays, axis=3 - axis)
+    flat = np.all(std < 4.0, axis=0) & (np.ptp(mean, axis=0) < 4.0)
     if flat.all():
         return 0, 0
     leading, trailing = int(np.argmin(flat)), int(np.argmin(flat[::-1]))
     return (leading, trailing) if min(leading, trailing) > 0 else (0, 0)
+
+
+def _mean_std(grays: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of uint8 values along `axis`, from sums of values and of
+    squares (exact in float64 for uint8) instead of numpy's two passes over float copies."""
+    values = grays.astype(np.float64)
+    count = grays.shape[axis]
+    mean = values.sum(axis=axis) / count
+    mean_square = np.einsum(_SQUARES_ALONG[axis], values, values) / count
+    return mean, np.sqrt(np.maximum(mean_square - mean * mean, 0.0))
+
+
+_SQUARES_ALONG = {0: "tij,tij->ij", 1: "tij,tij->tj", 2: "tij,tij->ti"}
 
 
 def _text_fraction(grays: np.ndarray) -> float:
@@ -138,7 +150,7 @@ def _text_fraction(grays: np.ndarray) -> float:
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     gradients = np.stack([cv2.morphologyEx(g, cv2.MORPH_GRADIENT, kernel) for g in grays])
     persistent = (gradients.min(axis=0) > 80).astype(np.uint8)
-    changing = grays.astype(np.float32).std(axis=0) > 6.0
+    changing = _mean_std(grays, axis=0)[1] > 6.0
     height, width = persistent.shape
     joined = cv2.morphologyEx(persistent, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (max(3, width // 40), 1)))
     count, _, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)

@@ -27,7 +27,7 @@ from mugv.curate.config import CurateConfig
 from mugv.curate.inputs import InputItem, read_inputs
 from mugv.curate.manifest import KEPT, REJECTED, complete, read_rows, summary_table, write_rows
 from mugv.curate.screen import screen_decoded_duration, screen_info, screen_table
-from mugv.video import VideoError, VideoReader, half_size
+from mugv.video import VideoError, VideoReader, YuvFrames
 
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "summary.txt"
@@ -99,7 +99,7 @@ def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
     if reason := screen_table(cfg.screen, item.source, item.license):
         return [_video_row(base, reason)]
     try:
-        reader = VideoReader(item.path)
+        reader = VideoReader(item.path, threads=1)  # one worker per core: decode on this one
     except VideoError as exc:
         return [_video_row(base, exc.reason, exc.message)]
     with reader:
@@ -115,7 +115,7 @@ def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
         }
         if reason := screen_info(cfg.screen, info):
             return [_video_row(base, reason, **meta)]
-        video = reader.decode(short_side=cfg.decode.short_side)
+        video = reader.decode(short_side=cfg.decode.short_side, analysis=True)
     fps = video.measured_fps
     frame_time = 1.0 / fps if fps > 0 else 0.04
     duration = float(video.times[-1] + frame_time) if video.num_frames else 0.0
@@ -124,10 +124,10 @@ def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
         # A file that stopped early is reported as broken rather than as merely short.
         return [_video_row(base, "truncated" if video.decode_error else reason, **meta)]
 
-    # One half-size copy serves the shot-boundary detectors, motion and the temporal
-    # post-processing cues, which need every frame but not every pixel (PySceneDetect itself
-    # works on frames about 256 pixels wide by default).
-    small = half_size(video.frames)
+    # One half-size copy, made while decoding, serves the shot-boundary detectors, motion and
+    # the temporal post-processing cues, which need every frame but not every pixel
+    # (PySceneDetect itself works on frames about 256 pixels wide by default).
+    small = video.half
     thumbs = transitions.thumbnails(small)
     found = scenes.find_transitions(cfg.scenes, small, fps, thumbs)
     rows = []
@@ -153,22 +153,28 @@ def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
     return rows
 
 
-def _score_clip(cfg: CurateConfig, frames: np.ndarray, small: np.ndarray, row: dict) -> dict:
-    """Every filter's score and verdict, then a caption and hashes for the clips that pass."""
+def _score_clip(cfg: CurateConfig, frames: YuvFrames, small: np.ndarray, row: dict) -> dict:
+    """Every filter's score and verdict, then a caption and hashes for the clips that pass.
+    `frames` are the clip's frames at analysis size (RGB as each filter indexes its samples),
+    `small` the same at half size."""
     scores: dict = {}
     reasons: list[str] = []
     if cfg.sharpness.enabled:
         scores["sharpness"] = sharpness.sharpness_score(cfg.sharpness, frames)
         reasons += sharpness.sharpness_reasons(cfg.sharpness, scores["sharpness"])
+    # Motion and the temporal post-processing cues share one luma copy about 128 pixels wide:
+    # Farneback flow there costs a quarter of half-size flow and reads global pans of 0.5-20
+    # px/frame as well (see docs/curate.md).
+    grays = postprocess.small_grays(small)
     if cfg.motion.enabled:
-        scores["motion"] = motion.motion_score(cfg.motion, small, scale=frames.shape[1] / small.shape[1])
+        scores["motion"] = motion.motion_score(cfg.motion, grays, scale=frames.shape[1] / grays.shape[1])
         reasons += motion.motion_reasons(cfg.motion, scores["motion"])
     if cfg.aesthetic.enabled:
         scores["aesthetic"] = aesthetic.aesthetic_score(cfg.aesthetic, frames)
         scores["aesthetic_scorer"] = cfg.aesthetic.scorer
         reasons += aesthetic.aesthetic_reasons(cfg.aesthetic, scores["aesthetic"])
     if cfg.postprocess.enabled:
-        measured = postprocess.postprocess_scores(cfg.postprocess, frames, small)
+        measured = postprocess.postprocess_scores(cfg.postprocess, frames, grays)
         scores.update(measured)
         reasons += postprocess.postprocess_reasons(cfg.postprocess, measured, frames)
         reasons += postprocess.judge_reasons(cfg.postprocess, frames, {**row, **scores})

@@ -68,17 +68,55 @@ def detect_cuts(cfg: ScenesConfig, frames: np.ndarray, fps: float) -> list[int]:
     from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
     if cfg.detector == "adaptive":
-        detector = AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_frames)
+        detector = _with_scores(AdaptiveDetector)(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_frames)
     else:
-        detector = ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames)
-    rate = float(fps) if fps > 0 else 25.0
+        detector = _with_scores(ContentDetector)(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames)
+    detector.scores = content_scores(frames)
+    # A timecode as the rate: PySceneDetect then reuses its fraction instead of deriving one per frame.
+    rate = FrameTimecode(0, float(fps) if fps > 0 else 25.0)
     cuts: list[int] = []
-    for index, frame in enumerate(frames):
-        bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-        cuts += [tc.frame_num for tc in detector.process_frame(FrameTimecode(index, rate), bgr)]
+    for index in range(len(frames)):
+        cuts += [tc.frame_num for tc in detector.process_frame(FrameTimecode(index, rate), None)]
     if len(frames):
         cuts += [tc.frame_num for tc in detector.post_process(FrameTimecode(len(frames) - 1, rate))]
     return sorted({c for c in cuts if 0 < c < len(frames)})
+
+
+def content_scores(frames: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """PySceneDetect's content score of every frame (its `content_val`, default weights): the
+    mean absolute hue, saturation and value change from the previous frame, averaged; 0 for the
+    first frame. Converted `chunk` frames at a time instead of frame by frame."""
+    count = len(frames)
+    height, width = frames.shape[1:3]
+    sums = np.zeros((count, 3))
+    previous = None
+    for lo in range(0, count, chunk):
+        hsv = cv2.cvtColor(np.ascontiguousarray(frames[lo : lo + chunk]).reshape(-1, width, 3), cv2.COLOR_RGB2HSV)
+        hsv = hsv.reshape(-1, height, width, 3)
+        if previous is not None:
+            sums[lo] = cv2.sumElems(cv2.absdiff(hsv[0], previous))[:3]
+        if len(hsv) > 1:
+            change = cv2.absdiff(hsv[1:].reshape(-1, width, 3), hsv[:-1].reshape(-1, width, 3))
+            for offset, frame in enumerate(change.reshape(-1, height, width, 3), start=lo + 1):
+                sums[offset] = cv2.sumElems(frame)[:3]
+        previous = hsv[-1].copy()
+    # Sums of uint8 images are exact in float64, so this is PySceneDetect's own arithmetic.
+    means = sums / float(height * width)
+    return (means[:, 0] + means[:, 1] + means[:, 2]) / 3.0
+
+
+@lru_cache(maxsize=2)
+def _with_scores(detector_class: type) -> type:
+    """`detector_class` fed precomputed frame scores (`content_scores`), so its own threshold,
+    flash filter and (adaptive) rolling average decide, without converting each frame again."""
+
+    class WithScores(detector_class):
+        scores: np.ndarray
+
+        def _calculate_frame_score(self, timecode, frame_img) -> float:
+            return float(self.scores[timecode.frame_num])
+
+    return WithScores
 
 
 @lru_cache(maxsize=1)

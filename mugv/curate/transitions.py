@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mugv.video import resize
+from mugv.video import shrink_stack
 
 THUMB_W, THUMB_H = 48, 27
 HALF_WINDOWS = (4, 10)  # two window scales: short and long transitions
@@ -46,9 +46,7 @@ FEATURE_NAMES = [
 
 def thumbnails(frames: np.ndarray) -> np.ndarray:
     """[T, 27, 48, 3] uint8 thumbnails, the scale every transition feature is computed at."""
-    return (
-        np.stack([resize(f, THUMB_W, THUMB_H) for f in frames]) if len(frames) else np.zeros((0, THUMB_H, THUMB_W, 3), np.uint8)
-    )
+    return shrink_stack(frames, THUMB_W, THUMB_H)
 
 
 def transition_features(thumbs: np.ndarray) -> np.ndarray:
@@ -66,17 +64,23 @@ def transition_features(thumbs: np.ndarray) -> np.ndarray:
     steps = np.concatenate([[0.0], 0.5 * np.abs(np.diff(hists, axis=0)).sum(axis=1)])  # step into frame t
     step_cumsum = np.concatenate([[0.0], np.cumsum(steps[1:])])
     index = np.arange(count)
+    # Pixels with the first and last frame repeated, so the window ends are views, not copies.
+    reach = max(HALF_WINDOWS)
+    padded = np.concatenate([np.repeat(pixels[:1], reach, axis=0), pixels, np.repeat(pixels[-1:], reach, axis=0)])
     columns = []
     for w in HALF_WINDOWS:
         a, b = np.clip(index - w, 0, count - 1), np.clip(index + w, 0, count - 1)
         hist_ends = 0.5 * np.abs(hists[b] - hists[a]).sum(axis=1)
         hist_path = step_cumsum[b] - step_cumsum[a]
-        peak = _window_max(steps, a + 1, b)
-        ends = pixels[a] - pixels[b]
-        rel = pixels - pixels[b]
-        alpha = np.clip((rel * ends).sum(1) / ((ends * ends).sum(1) + 1e-6), 0.0, 1.0)
-        residual = np.sqrt(((rel - alpha[:, None] * ends) ** 2).mean(1))
-        ends_rms = np.sqrt((ends**2).mean(1))
+        peak = _window_reduce(np.maximum, -np.inf, steps, a + 1, b + 1, w)
+        pixels_a, pixels_b = padded[reach - w : reach - w + count], padded[reach + w : reach + w + count]  # pixels[a], pixels[b]
+        ends = pixels_a - pixels_b
+        rel = pixels - pixels_b
+        ends_squared = _row_dots(ends, ends)
+        alpha = np.clip(_row_dots(rel, ends) / (ends_squared + 1e-6), 0.0, 1.0)
+        rel -= alpha[:, None] * ends
+        residual = np.sqrt(_row_dots(rel, rel) / pixels.shape[1])
+        ends_rms = np.sqrt(ends_squared / pixels.shape[1])
         columns += [
             hist_ends,
             hist_path,
@@ -86,27 +90,47 @@ def transition_features(thumbs: np.ndarray) -> np.ndarray:
             edges / (0.5 * (edges[a] + edges[b]) + 1e-3),
             contrast / (0.5 * (contrast[a] + contrast[b]) + 1e-3),
             np.abs(luma[b] - luma[a]),
-            _window_min(luma, a, b + 1),
+            _window_reduce(np.minimum, np.inf, luma, a, b + 1, w),
         ]
     return np.stack(columns, axis=1).astype(np.float32)
 
 
-def _color_histograms(thumbs: np.ndarray) -> np.ndarray:
-    hsv = np.stack([cv2.cvtColor(t, cv2.COLOR_RGB2HSV) for t in thumbs]).astype(np.int32)
+def _histogram_bin_table() -> np.ndarray:
+    """[1, 256, 3] uint8: each HSV channel value's share of its bin index (h * sb * vb + s * vb + v)."""
     hb, sb, vb = HIST_BINS
-    bins = (hsv[..., 0] * hb // 180) * sb * vb + (hsv[..., 1] * sb // 256) * vb + hsv[..., 2] * vb // 256
-    size = hb * sb * vb
-    flat = (bins.reshape(len(thumbs), -1) + np.arange(len(thumbs))[:, None] * size).ravel()
+    value = np.arange(256)
+    shares = [(value * hb // 180) * sb * vb, (value * sb // 256) * vb, value * vb // 256]
+    return np.stack(shares, axis=1).astype(np.uint8)[None]
+
+
+_HISTOGRAM_BINS = _histogram_bin_table()
+
+
+def _color_histograms(thumbs: np.ndarray) -> np.ndarray:
+    hsv = cv2.cvtColor(np.ascontiguousarray(thumbs).reshape(-1, THUMB_W, 3), cv2.COLOR_RGB2HSV)
+    # Table lookups instead of integer division; the three shares sum exactly (at most 127).
+    bins = cv2.transform(cv2.LUT(hsv, _HISTOGRAM_BINS), np.ones((1, 3)))
+    size = int(np.prod(HIST_BINS))
+    flat = (bins.reshape(len(thumbs), -1).astype(np.int64) + np.arange(len(thumbs))[:, None] * size).ravel()
     hists = np.bincount(flat, minlength=len(thumbs) * size).reshape(len(thumbs), size).astype(np.float32)
     return hists / hists.sum(axis=1, keepdims=True)
 
 
-def _window_max(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    return np.array([values[s : e + 1].max() if e >= s else 0.0 for s, e in zip(starts, stops)], np.float32)
+def _window_reduce(
+    ufunc: np.ufunc, neutral: float, values: np.ndarray, starts: np.ndarray, stops: np.ndarray, half_width: int
+) -> np.ndarray:
+    """`ufunc.reduce(values[starts[t]:stops[t]])` for every t at once, where each range lies
+    within t +- `half_width` (`neutral` fills the rest of that span); 0 where a range is empty."""
+    count = len(values)
+    positions = np.arange(count)[:, None] + np.arange(-half_width, half_width + 1)
+    inside = (positions >= starts[:, None]) & (positions < stops[:, None])
+    gathered = np.where(inside, values[np.clip(positions, 0, count - 1)], neutral)
+    return np.where(inside.any(axis=1), ufunc.reduce(gathered, axis=1), 0.0).astype(np.float32)
 
 
-def _window_min(values: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    return np.array([values[s:e].min() for s, e in zip(starts, stops)], np.float32)
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of each row of `a` with the same row of `b`, without a temporary product."""
+    return np.einsum("ij,ij->i", a, b)
 
 
 def quadratic_expansion(z: np.ndarray) -> np.ndarray:

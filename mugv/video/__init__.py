@@ -8,9 +8,10 @@ from mugv.video.frames import (
     resize_short_side,
     resize_to_fill,
     sample_indices,
+    shrink_stack,
     to_gray,
 )
-from mugv.video.reader import DecodedVideo, VideoError, VideoInfo, VideoReader, decode, probe
+from mugv.video.reader import DecodedVideo, VideoError, VideoInfo, VideoReader, YuvFrames, decode, probe
 from mugv.video.writer import write_mp4
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "VideoError",
     "VideoInfo",
     "VideoReader",
+    "YuvFrames",
     "center_crop",
     "decode",
     "fit_short_side",
@@ -27,6 +29,7 @@ __all__ = [
     "resize_short_side",
     "resize_to_fill",
     "sample_indices",
+    "shrink_stack",
     "to_gray",
     "write_mp4",
 ]

@@ -30,11 +30,22 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def half_size(frames: np.ndarray) -> np.ndarray:
     """One frame or a stack at exactly half the size (2x2 pixel averages; fast for even sizes)."""
-    batch = frames if frames.ndim == 4 else frames[None]
-    height, width = batch.shape[1:3]
+    height, width = frames.shape[-3:-1]
     size = (max(1, width // 2), max(1, height // 2))
-    out = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in batch])
-    return out if frames.ndim == 4 else out[0]
+    if frames.ndim == 3:
+        return cv2.resize(frames, size, interpolation=cv2.INTER_AREA)
+    return shrink_stack(frames, *size)
+
+
+def shrink_stack(frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Every frame of a [T, H, W] or [T, H, W, C] stack shrunk to `width` x `height` by area
+    averaging, in one OpenCV call on the frames laid end to end: each frame maps onto exactly
+    `height` output rows, so the result is the frame-by-frame one."""
+    if not len(frames):
+        return np.zeros((0, height, width, *frames.shape[3:]), np.uint8)
+    rows = np.ascontiguousarray(frames).reshape(-1, *frames.shape[2:])
+    shrunk = cv2.resize(rows, (width, height * len(frames)), interpolation=cv2.INTER_AREA)
+    return shrunk.reshape(len(frames), height, width, *frames.shape[3:])
 
 
 def resize_short_side(frames: np.ndarray, short_side: int) -> np.ndarray:
@@ -71,4 +82,5 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
         return cv2.cvtColor(frames, cv2.COLOR_RGB2GRAY)
     if len(frames) == 0:
         return np.zeros(frames.shape[:3], np.uint8)
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+    # One call for the stack laid end to end: the conversion is per pixel.
+    return cv2.cvtColor(np.ascontiguousarray(frames).reshape(-1, *frames.shape[2:]), cv2.COLOR_RGB2GRAY).reshape(frames.shape[:3])

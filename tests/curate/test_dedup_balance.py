@@ -40,6 +40,24 @@ def test_similar_pairs_by_hash_or_caption_in_blocks():
     assert dedup.similar_pairs(dedup.DedupConfig(max_hash_distance=0, block=3), hashes, embeddings) == [(0, 3)]
 
 
+
+@pytest.mark.parametrize("frames", [3, 1])
+@pytest.mark.parametrize("max_hash_distance", [0.0, 2.5, 8.0, 22 / 3, 12.0, 30.0])
+def test_multi_index_hashing_finds_exactly_the_brute_force_pairs(frames, max_hash_distance):
+    rng = np.random.default_rng(int(max_hash_distance * 3) + frames)
+    hashes = dedup.near_duplicate_hashes(rng, 600, frames)
+    embeddings = rng.normal(size=(600, 16)).astype(np.float32)
+    embeddings[rng.random(600) < 0.5] = 0  # clips without a real caption
+    embeddings[1::7] = embeddings[::7][: len(embeddings[1::7])] + 0.01  # paraphrases
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    cfg = dedup.DedupConfig(max_hash_distance=max_hash_distance, block=128)
+    for vectors in (None, embeddings):
+        found = dedup.similar_pairs(cfg, hashes, vectors)
+        assert found == dedup.brute_force_pairs(cfg, hashes, vectors)
+        assert found  # not vacuous: planted copies with few flipped bits are found
+        assert dedup.cluster(len(hashes), found) == dedup.cluster(len(hashes), dedup.brute_force_pairs(cfg, hashes, vectors))
+
+
 def test_caption_embeddings_link_paraphrases_not_different_scenes():
     vectors = dedup.caption_embeddings(
         ["A brown dog runs along the beach.", "A brown dog is running along a beach.", "Traffic at night in a big city."]

@@ -9,7 +9,7 @@ import torch
 from curate_testing import shot
 
 from mugv.curate import aesthetic, motion, postprocess, sharpness
-from mugv.video import synthetic
+from mugv.video import synthetic, to_gray
 
 
 def test_sharpness_separates_sharp_from_blurred(shots):
@@ -27,6 +27,7 @@ def test_motion_measures_pan_speed_in_pixels():
         measured = motion.motion_score(cfg, shot(5, frames=24, speed=speed))
         # the pan moves speed px horizontally and speed/2 px vertically per frame
         assert measured == pytest.approx(speed * np.hypot(1, 0.5), rel=0.25)
+        assert motion.motion_score(cfg, to_gray(shot(5, frames=24, speed=speed))) == measured  # luma in: the same
     still = motion.motion_score(cfg, synthetic.freeze(shot(5, frames=24)))
     assert still < 0.05 and motion.motion_reasons(cfg, still) == ["low_motion"]
     assert motion.motion_reasons(cfg, 25.0) == ["high_motion"]

@@ -3,11 +3,23 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from curate_testing import FPS, shot
+from scenedetect import FrameTimecode
+from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
-from mugv.curate.scenes import ClipsConfig, ScenesConfig, Transition, cut_clips, detect_cuts, find_transitions
+from mugv.curate import transitions
+from mugv.curate.scenes import (
+    ClipsConfig,
+    ScenesConfig,
+    Transition,
+    content_scores,
+    cut_clips,
+    detect_cuts,
+    find_transitions,
+)
 from mugv.video import synthetic
 
 
@@ -17,6 +29,33 @@ def test_hard_cuts_found_where_shots_change(shots, detector):
     cuts = detect_cuts(ScenesConfig(detector=detector), frames, FPS)
     assert len(cuts) == 2
     assert abs(cuts[0] - 48) <= 1 and abs(cuts[1] - 96) <= 1
+
+
+@pytest.mark.parametrize("detector", ["content", "adaptive"])
+def test_content_scores_and_cuts_are_pyscenedetects_own(shots, detector):
+    """The scores computed for the whole stack at once equal PySceneDetect's frame-by-frame
+    ones exactly, and its detectors fed them cut where they cut on their own."""
+    fade = np.linspace(1, 0, 10)[:, None, None, None]
+    faded = (fade * shots["b"][30:40]).astype(np.uint8)
+    frames = np.concatenate([shots["a"], shots["b"][:30], faded, shots["c"], shots["d"][:20]])
+    bgr = [cv2.cvtColor(f, cv2.COLOR_RGB2BGR) for f in frames]
+    reference = ContentDetector()
+    expected = [reference._calculate_frame_score(FrameTimecode(i, FPS * 1.0), f) for i, f in enumerate(bgr)]
+    assert np.array_equal(content_scores(frames, chunk=7), np.array(expected))  # chunk edges inside cuts too
+
+    own, cuts = (AdaptiveDetector if detector == "adaptive" else ContentDetector)(min_scene_len=15), []
+    for index, frame in enumerate(bgr):
+        cuts += [tc.frame_num for tc in own.process_frame(FrameTimecode(index, FPS * 1.0), frame)]
+    cuts += [tc.frame_num for tc in own.post_process(FrameTimecode(len(frames) - 1, FPS * 1.0))]
+    assert len(cuts) >= 3
+    assert detect_cuts(ScenesConfig(detector=detector), frames, FPS) == sorted({c for c in cuts if 0 < c < len(frames)})
+
+
+@pytest.mark.parametrize("size", [(128, 301), (127, 170), (31, 47), (27, 48)])
+def test_thumbnails_of_a_stack_equal_frame_by_frame(size):
+    frames = np.random.default_rng(size[0]).integers(0, 256, (9, *size, 3), dtype=np.uint8)
+    expected = np.stack([cv2.resize(f, (48, 27), interpolation=cv2.INTER_AREA) for f in frames])
+    assert np.array_equal(transitions.thumbnails(frames), expected)
 
 
 def test_transnetv2_finds_hard_cuts(shots):

@@ -59,3 +59,15 @@ def test_shipped_model_loads_and_records_its_training():
     assert payload["metrics"]["test_precision"] > 0.9 and payload["metrics"]["test_recall"] > 0.9
     model = transitions.TransitionModel.load()
     assert model.coef.shape == (transitions.quadratic_expansion(np.zeros((1, len(transitions.FEATURE_NAMES)))).shape[1],)
+
+
+def test_window_extremes_for_all_frames_at_once_equal_slicing_frame_by_frame():
+    values = np.random.default_rng(0).random(30).astype(np.float32)
+    for count in (1, 3, 30):
+        index = np.arange(count)
+        for w in transitions.HALF_WINDOWS:
+            a, b = np.clip(index - w, 0, count - 1), np.clip(index + w, 0, count - 1)
+            peak = transitions._window_reduce(np.maximum, -np.inf, values[:count], a + 1, b + 1, w)
+            lowest = transitions._window_reduce(np.minimum, np.inf, values[:count], a, b + 1, w)
+            assert peak.tolist() == [values[s + 1 : e + 1].max() if e > s else 0.0 for s, e in zip(a, b)]
+            assert lowest.tolist() == [values[s : e + 1].min() for s, e in zip(a, b)]
