@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--fps", type=float, default=30.0, help="frames per second, conditioning and file (default 30)")
     size.add_argument("--steps", type=int, default=25)
     size.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    size.add_argument("--shift-base-resolution", type=int, default=0,
+                      help="pixels (H x W) at which the sampler's time shift is 1; default: the training "
+                      "run's flow.base_resolution when --dit lies in a run folder, else 512x512 as released")
     size.add_argument("--seed", type=int, default=0)
     size.add_argument("--aesthetic-score", type=float, default=6.0, help="appended to the prompt as the release does")
     run = parser.add_argument_group("output and device")
@@ -175,7 +178,27 @@ def load_generator(args: argparse.Namespace):
     encoder = build_text_encoder(args.text_encoder, args.text_encoder_path, max_tokens=dit.cfg.max_text_tokens,
                                  dtype="bf16" if device.type == "cuda" else "fp32",
                                  device="cpu" if args.offload else str(device))
-    return VideoGenerator(dit, vae, encoder, device=device, offload=args.offload)
+    flow = training_flow_config(Path(args.dit))
+    if args.shift_base_resolution:
+        flow = dataclasses.replace(flow, base_resolution=args.shift_base_resolution)
+    return VideoGenerator(dit, vae, encoder, flow=flow, device=device, offload=args.offload)
+
+
+def training_flow_config(dit: Path):
+    """The flow settings the DiT was trained with, so the sampler shifts time as training did:
+    read from the run's `config.toml` found beside the weights or up to two folders above them
+    (run/ema.safetensors, run/checkpoints/step_N/). Weights from elsewhere get the release's."""
+    from mugv.config import ConfigError, FlowConfig, from_dict, load_profile_dict
+
+    start = dit if dit.is_dir() else dit.parent
+    for folder in (start, *list(start.parents)[:2]):
+        run_config = folder / "config.toml"
+        if run_config.is_file():
+            try:
+                return from_dict(FlowConfig, load_profile_dict(str(run_config)).get("flow", {}), prefix="flow.")
+            except ConfigError as exc:
+                raise GenerationError(f"{run_config}: {exc}") from exc
+    return FlowConfig()
 
 
 def attach_lora(dit, path: Path) -> None:

@@ -97,3 +97,20 @@ def test_a_trained_lora_adapter_is_applied_at_generation(models, tmp_path):
                                    rtol=1e-5, atol=1e-6)
     assert main(["generate", *common, "--prompt", "a cat", "--lora", str(tmp_path / "lora.safetensors"),
                  "--out", str(tmp_path / "lora.mp4")]) == 0
+
+
+def test_the_sampler_shifts_time_as_the_training_run_did(tmp_path):
+    from mugv.commands.generate import training_flow_config
+    from mugv.config import FlowConfig, RunConfig, to_toml
+
+    run = RunConfig()
+    run.flow.base_resolution = 64 * 64
+    step = tmp_path / "run" / "checkpoints" / "step_00000010"
+    step.mkdir(parents=True)
+    (tmp_path / "run" / "config.toml").write_text(to_toml(run))
+    (tmp_path / "run" / "ema.safetensors").touch()
+    assert training_flow_config(step).base_resolution == 4096
+    assert training_flow_config(tmp_path / "run" / "ema.safetensors").base_resolution == 4096
+    # weights outside a run folder (the published dit.pt) sample with the release's settings
+    (tmp_path / "elsewhere").mkdir()
+    assert training_flow_config(tmp_path / "elsewhere" / "dit.pt") == FlowConfig()
