@@ -19,6 +19,9 @@ SHAPES = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 # Dark gray: every palette colour differs from it in luminance too (optical flow sees gray only).
 BACKGROUND = (40, 40, 40)
+# Shape radius as a fraction of the frame's short side: large enough to span a few latent pixels
+# of the 8x-downsampling VAE, so colour and position survive encoding at 64x64.
+RADIUS_RANGE = (0.2, 0.24)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ def render(scene: Scene, frames: int = 17, height: int = 64, width: int = 64, se
     """(frames, height, width, 3) uint8: the shape crosses the frame in its direction."""
     rng = np.random.default_rng(seed)
     bg = background(height, width, seed)
-    radius = min(height, width) * rng.uniform(0.12, 0.16)
+    radius = min(height, width) * rng.uniform(*RADIUS_RANGE)
     dx, dy = DIRECTIONS[scene.direction]
     # most of the way across the frame: clear motion even in a short, small clip
     span_x, span_y = width - 2.5 * radius, height - 2.5 * radius
