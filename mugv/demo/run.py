@@ -31,8 +31,8 @@ class DemoPlan:
     """How much work each stage does; `quick` is a smoke-test size."""
 
     clips_per_scene: int = 3
-    vae_steps: int = 1000
-    dit_steps: int = 1800
+    vae_steps: int = 800
+    dit_steps: int = 3200
     sample_steps: int = 25
     seeds_per_prompt: int = 2
 
