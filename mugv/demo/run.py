@@ -31,14 +31,16 @@ class DemoPlan:
     """How much work each stage does; `quick` is a smoke-test size."""
 
     clips_per_scene: int = 3
-    vae_steps: int = 800
+    vae_steps: int = 1500  # of which the spatial and temporal halves alone:
+    vae_spatial_steps: int = 300
+    vae_temporal_steps: int = 1000
     dit_steps: int = 3200
     sample_steps: int = 25
     seeds_per_prompt: int = 2
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(clips_per_scene=1, vae_steps=4, dit_steps=4, sample_steps=2, seeds_per_prompt=1)
+        return cls(clips_per_scene=1, vae_steps=4, vae_spatial_steps=1, vae_temporal_steps=1, dit_steps=4, sample_steps=2, seeds_per_prompt=1)
 
 
 def run(command: list[str]) -> None:
@@ -105,7 +107,8 @@ class Demo:
         evaluate = ["vae", "eval", str(held_out), "--preset", "tiny", "--height", "64", "--width", "64", "--frames", "17"]
         run([*evaluate, "--weights", str(untrained), "--output", str(run_dir / "eval-before.json")])
         run(["vae", "train", "--config", "vae-demo", "--source", str(manifest), f"--run_dir={run_dir}",
-             f"--train.steps={self.plan.vae_steps}"])
+             f"--train.steps={self.plan.vae_steps}", f"--stages.spatial_steps={self.plan.vae_spatial_steps}",
+             f"--stages.temporal_steps={self.plan.vae_temporal_steps}"])
         weights = latest_checkpoint_dir(run_dir) / "model.safetensors"
         run([*evaluate, "--weights", str(weights), "--output", str(run_dir / "eval-after.json")])
         return self.normalized_vae(manifest, weights)

@@ -90,6 +90,28 @@ class VAELossConfig:
 
 
 @dataclass
+class VAEStagesConfig:
+    """Steps that train one half of the VAE alone before the whole VAE trains end to end (the
+    rest of `train.steps`). From scratch, the deep and narrow temporal half slows the spatial half
+    down when both learn together: on the demo's clips a tiny VAE reached 17 dB after 800 joint
+    steps, and 24 dB after 300 spatial, 1000 temporal and 200 joint steps in less time. The
+    release likewise built its temporal half on a trained spatial VAE.
+
+    - `spatial_steps`: the per-frame 2D autoencoder alone, with the pixel losses.
+    - `temporal_steps`: the temporal half alone, on the frozen spatial half's features, with a
+      feature MSE relative to the features' mean square (plus the KL term).
+    """
+
+    spatial_steps: int = 0
+    temporal_steps: int = 0
+
+    def validate(self) -> None:
+        for key in ("spatial_steps", "temporal_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"stages.{key} = {getattr(self, key)} must be >= 0")
+
+
+@dataclass
 class VAESamplesConfig:
     """Reconstructions written during training: mp4 (original | reconstruction) and a png."""
 
@@ -113,8 +135,14 @@ class VAERunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     samples: VAESamplesConfig = field(default_factory=VAESamplesConfig)
+    stages: VAEStagesConfig = field(default_factory=VAEStagesConfig)
 
     def validate(self) -> None:
+        staged = self.stages.spatial_steps + self.stages.temporal_steps
+        if staged > self.train.steps:
+            raise ConfigError(
+                f"stages.spatial_steps + stages.temporal_steps = {staged} exceeds train.steps = {self.train.steps}"
+            )
         f = self.model.spatial_factor
         if self.data.height % f or self.data.width % f:
             raise ConfigError(f"data.height and data.width must be multiples of the VAE's spatial factor {f}")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from mugv.config import ConfigError, to_toml
 from mugv.models.vae.adapters import load_into, read_state_dict
-from mugv.models.vae.model import MUGVideoVAE
+from mugv.models.vae.model import DiagonalGaussian, MUGVideoVAE
 from mugv.vae_train.config import VAERunConfig
 from mugv.vae_train.data import MediaPool, to_uint8
 from mugv.vae_train.losses import (
@@ -48,9 +48,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def training_stage(step: int, cfg: VAERunConfig) -> tuple[str, int, int]:
+    """(name, first step, length) of the stage that `step` belongs to: "spatial", "temporal"
+    (`cfg.stages`), then "joint" for the rest of `train.steps`."""
+    spatial, temporal = cfg.stages.spatial_steps, cfg.stages.temporal_steps
+    if step < spatial:
+        return "spatial", 0, spatial
+    if step < spatial + temporal:
+        return "temporal", spatial, temporal
+    return "joint", spatial + temporal, cfg.train.steps - spatial - temporal
+
+
 def learning_rate_factor(step: int, cfg: VAERunConfig) -> float:
-    """Linear warm-up, then constant, cosine or linear decay to `min_lr_ratio` at the last step."""
-    optim, total = cfg.optim, max(cfg.train.steps, 1)
+    """Within each stage: linear warm-up, then constant, cosine or linear decay to
+    `min_lr_ratio` at the stage's last step."""
+    _, first, length = training_stage(step, cfg)
+    optim, step, total = cfg.optim, step - first, max(length, 1)
     if step < optim.warmup_steps:
         return (step + 1) / optim.warmup_steps
     if optim.schedule == "constant":
@@ -129,23 +142,34 @@ class VAETrainer:
         logged: dict[str, float] = {"lr": lr}
         fakes: list[tuple[Tensor, Tensor]] = []
         total = 0.0
+        stage = training_stage(step, cfg)[0]
+        logged["stage"] = ("spatial", "temporal", "joint").index(stage)
         for kind, batch, weight in self._batches(step):
             batch = batch.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-                recon, posterior = self.model(batch, sample=True, generator=noise)
-            recon = recon.float()  # losses in fp32
-            terms = reconstruction_losses(recon, batch, cfg.loss)
-            terms["kl"] = kl_loss(posterior, batch)
-            loss = cfg.loss.mse_weight * terms["mse"] + cfg.loss.l1_weight * terms["l1"] + cfg.loss.kl_weight * terms["kl"]
-            if self.perceptual is not None:
-                terms["perceptual"] = self.perceptual(recon, batch)
-                loss = loss + cfg.loss.perceptual_weight * terms["perceptual"]
-            if self._gan_active(step):
-                assert self.discriminator is not None
-                self.discriminator.requires_grad_(False)
-                terms["gan_g"] = generator_adversarial_loss(self.discriminator(recon))
-                loss = loss + cfg.loss.gan_weight * terms["gan_g"]
-                fakes.append((batch, recon.detach()))
+            if stage == "temporal":
+                terms = self._temporal_terms(batch, noise)
+                loss = terms["feature_mse"] + cfg.loss.kl_weight * terms["kl"]
+            else:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                    if stage == "spatial":
+                        recon = self.model.spatial_roundtrip(batch)
+                    else:
+                        recon, posterior = self.model(batch, sample=True, generator=noise)
+                recon = recon.float()  # losses in fp32
+                terms = reconstruction_losses(recon, batch, cfg.loss)
+                loss = cfg.loss.mse_weight * terms["mse"] + cfg.loss.l1_weight * terms["l1"]
+                if stage == "joint":
+                    terms["kl"] = kl_loss(posterior, batch)
+                    loss = loss + cfg.loss.kl_weight * terms["kl"]
+                if self.perceptual is not None:
+                    terms["perceptual"] = self.perceptual(recon, batch)
+                    loss = loss + cfg.loss.perceptual_weight * terms["perceptual"]
+                if stage == "joint" and self._gan_active(step):
+                    assert self.discriminator is not None
+                    self.discriminator.requires_grad_(False)
+                    terms["gan_g"] = generator_adversarial_loss(self.discriminator(recon))
+                    loss = loss + cfg.loss.gan_weight * terms["gan_g"]
+                    fakes.append((batch, recon.detach()))
             (weight * loss).backward()
             total += float(weight * loss.detach())
             logged.update({f"{kind}/{k}": float(v.detach()) for k, v in terms.items()})
@@ -157,6 +181,20 @@ class VAETrainer:
         logged["loss"] = total
         self.step += 1
         return StepResult(step=self.step, losses=logged)
+
+    def _temporal_terms(self, batch: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
+        """The temporal half's loss on the frozen spatial half's features of `batch`: feature MSE
+        relative to the features' mean square (scale-free), and the KL term."""
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            features = self.model.spatial_features(batch)
+        features = features.float()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            posterior = DiagonalGaussian(self.model.temporal.encode(features))
+            recon = self.model.temporal.decode(posterior.sample(noise)).float()
+        return {
+            "feature_mse": (recon - features).square().mean() / features.square().mean().clamp_min(1e-12),
+            "kl": kl_loss(posterior, batch),
+        }
 
     def _discriminator_step(self, pairs: list[tuple[Tensor, Tensor]]) -> float:
         assert self.discriminator is not None and self.disc_optimizer is not None

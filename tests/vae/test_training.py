@@ -103,6 +103,51 @@ def test_training_resumes_exactly(media_dir, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "run" / "checkpoints")] == ["step_00000002", "step_00000004"]
 
 
+def test_stages_train_one_half_at_a_time_then_both_and_resume_exactly(media_dir, tmp_path):
+    stages = {"train.steps": 3, "stages.spatial_steps": 1, "stages.temporal_steps": 1}
+    cfg = tiny_run(tmp_path / "a", media_dir, **stages)
+    trainer = VAETrainer(cfg, MediaPool.from_config(cfg.data))
+    halves = {"spatial": trainer.model.spatial, "temporal": trainer.model.temporal}
+
+    def snapshot():
+        return {name: [p.detach().clone() for p in half.parameters()] for name, half in halves.items()}
+
+    def changed(before, after, half):
+        return any(not torch.equal(a, b) for a, b in zip(before[half], after[half]))
+
+    states = [snapshot()]
+    history = []
+    for _ in range(3):
+        history.append(trainer.train_step())
+        states.append(snapshot())
+    # step 1: the spatial half alone, on pixels; step 2: the temporal half alone, on features
+    assert changed(states[0], states[1], "spatial") and not changed(states[0], states[1], "temporal")
+    assert changed(states[1], states[2], "temporal") and not changed(states[1], states[2], "spatial")
+    assert changed(states[2], states[3], "spatial") and changed(states[2], states[3], "temporal")
+    assert [r.losses["stage"] for r in history] == [0, 1, 2]
+    assert "image/mse" in history[0].losses and "image/kl" not in history[0].losses
+    assert {"video/feature_mse", "image/feature_mse", "video/kl"} <= set(history[1].losses)
+    assert {"video/mse", "video/kl"} <= set(history[2].losses)
+    # every stage starts its own warm-up
+    assert history[0].losses["lr"] == history[1].losses["lr"] == history[2].losses["lr"] < cfg.optim.lr
+
+    # stopped inside the temporal stage and resumed: the same weights as never stopping
+    cfg = tiny_run(tmp_path / "b", media_dir, **{**stages, "train.steps": 2})
+    VAETrainer(cfg, MediaPool.from_config(cfg.data)).fit()
+    cfg = tiny_run(tmp_path / "b", media_dir, **stages)
+    resumed = VAETrainer(cfg, MediaPool.from_config(cfg.data))
+    assert [r.step for r in resumed.fit()] == [3]
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
+def test_stages_longer_than_the_run_are_refused(media_dir, tmp_path):
+    with pytest.raises(ConfigError, match="stages.spatial_steps \\+ stages.temporal_steps = 5 exceeds train.steps = 4"):
+        tiny_run(tmp_path, media_dir, **{"train.steps": 4, "stages.spatial_steps": 2, "stages.temporal_steps": 3})
+    with pytest.raises(ConfigError, match="stages.temporal_steps = -1"):
+        tiny_run(tmp_path, media_dir, **{"stages.temporal_steps": -1})
+
+
 def test_gan_switches_on_late_and_samples_are_written(media_dir, tmp_path):
     cfg = tiny_run(
         tmp_path,

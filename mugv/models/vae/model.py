@@ -392,6 +392,17 @@ class MUGVideoVAE(nn.Module):
             front = feats.new_zeros(feats.shape[0], feats.shape[1], pad, *feats.shape[3:])
         return torch.cat([front, feats], dim=2)
 
+    def spatial_features(self, video: Tensor) -> Tensor:
+        """What the temporal half encodes: per-frame spatial features, padded in time to whole
+        frame groups."""
+        self._check_video(video)
+        return self._pad_time(self._spatial_encode(video))
+
+    def spatial_roundtrip(self, video: Tensor) -> Tensor:
+        """Every frame through the spatial half alone (its own training stage)."""
+        self._check_video(video)
+        return self._spatial_decode(self._spatial_encode(video))
+
     def _check_video(self, video: Tensor) -> None:
         if video.ndim != 5 or video.shape[1] != self.cfg.in_channels:
             raise ValueError(f"expected video (B, {self.cfg.in_channels}, T, H, W), got {tuple(video.shape)}")
@@ -402,8 +413,7 @@ class MUGVideoVAE(nn.Module):
     def encode_moments(self, video: Tensor) -> Tensor:
         """Raw posterior moments (B, 2 * latent, ceil(T / 8), H/8, W/8), in time chunks of
         `encode_chunk_frames` (exact: groups are independent), untiled."""
-        self._check_video(video)
-        feats = self._pad_time(self._spatial_encode(video))
+        feats = self.spatial_features(video)
         chunk = self.cfg.encode_chunk_frames or feats.shape[2]
         chunks = [self.temporal.encode(feats[:, :, i : i + chunk]) for i in range(0, feats.shape[2], chunk)]
         return torch.cat(chunks, dim=2)
