@@ -14,6 +14,7 @@ table { border-collapse: collapse; margin: 0.6rem 0; } td, th { border: 1px soli
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .grid { display: flex; flex-wrap: wrap; gap: 1rem; } figure { margin: 0; width: 210px; }
 figure video { width: 200px; image-rendering: pixelated; background: #000; }
+figure img.strip { width: 200px; image-rendering: pixelated; display: block; margin-top: 2px; }
 figcaption { font-size: 0.8rem; } .ok { color: #1a7f37; } .bad { color: #c62828; } .muted { color: #777; }
 """
 
@@ -24,6 +25,7 @@ class Video:
     caption: str
     note: str = ""
     ok: bool | None = None
+    strip: Path | None = None  # a still of some frames side by side, shown under the video
 
 
 @dataclass
@@ -69,7 +71,9 @@ def write_report(path: Path, title: str, subtitle: str, sections: list[Section])
                 mark = "" if video.ok is None else ("<span class='ok'>✓</span> " if video.ok else "<span class='bad'>✗</span> ")
                 parts.append(
                     f"<figure><video src='{rel(video.path)}' autoplay loop muted playsinline controls></video>"
-                    f"<figcaption>{mark}{html.escape(video.caption)}"
+                    + (f"<img class='strip' src='{rel(video.strip)}' alt='frames of {html.escape(video.path.stem)}'>"
+                       if video.strip else "")
+                    + f"<figcaption>{mark}{html.escape(video.caption)}"
                     + (f"<br><span class='muted'>{html.escape(video.note)}</span>" if video.note else "")
                     + "</figcaption></figure>"
                 )

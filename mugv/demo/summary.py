@@ -6,7 +6,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from mugv.demo.adherence import score
 from mugv.demo.report import Section, Video, write_report
@@ -73,15 +75,24 @@ def training_section(dit_dir: Path) -> Section:
                    f"{last:.4f}; {rate:.1f} samples/s.", images=[dit_dir / "loss.png"])
 
 
+def filmstrip(frames: np.ndarray, path: Path, count: int = 5) -> Path:
+    """`count` evenly spaced frames of (T, H, W, 3) side by side as a png: the motion in a still."""
+    picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
+    Image.fromarray(np.concatenate([frames[i] for i in picks], axis=1)).save(path)
+    return path
+
+
 def generation_section(videos: list[tuple[Path, Scene]]) -> tuple[Section, dict]:
     from mugv.video.reader import decode
 
-    report = score([(scene, decode(path).frames) for path, scene in videos])
+    clips = [(path, scene, decode(path).frames) for path, scene in videos]
+    report = score([(scene, frames) for _, scene, frames in clips])
     shown = []
-    for (path, scene), row in zip(videos, report.rows):
+    for (path, scene, frames), row in zip(clips, report.rows):
         kind = "I2V" if path.stem.startswith("i2v") else "T2V"
         note = f"{kind}; seen: {row['seen_color'] or 'no shape'}, {row['seen_direction'] or 'no motion'}"
-        shown.append(Video(path, scene.caption, note=note, ok=bool(row["color_ok"] and row["direction_ok"])))
+        shown.append(Video(path, scene.caption, note=note, ok=bool(row["color_ok"] and row["direction_ok"]),
+                           strip=filmstrip(frames, path.with_suffix(".frames.png"))))
     readings = {(row["seen_color"], row["seen_direction"]) for row in report.rows}
     asked = {(row["color"], row["direction"]) for row in report.rows}
     figures = {"color_accuracy": report.color_accuracy, "direction_accuracy": report.direction_accuracy,

@@ -16,5 +16,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     adherence = json.loads((out / "adherence.json").read_text())
     assert adherence["videos"] == 7 and 0.0 <= adherence["color_accuracy"] <= 1.0
     assert len(list((out / "generate").glob("*.mp4"))) == 7
+    strips = sorted((out / "generate").glob("*.frames.png"))
+    assert len(strips) == 7 and all(f"src='generate/{s.name}'" in report for s in strips)
     # a rerun resumes: finished stages are not redone
     assert main(["demo", "--out", str(out), "--quick"]) == 0
