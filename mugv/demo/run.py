@@ -40,7 +40,8 @@ class DemoPlan:
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(clips_per_scene=1, vae_steps=4, vae_spatial_steps=1, vae_temporal_steps=1, dit_steps=4, sample_steps=2, seeds_per_prompt=1)
+        return cls(clips_per_scene=1, vae_steps=4, vae_spatial_steps=1, vae_temporal_steps=1, dit_steps=4,
+                   sample_steps=2, seeds_per_prompt=1)
 
 
 def run(command: list[str]) -> None:

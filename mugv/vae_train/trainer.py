@@ -1,6 +1,7 @@
 """VAE training loop: mixed video + image batches, saliency-weighted reconstruction, KL, optional
-perceptual and late patch-GAN terms; checkpoints with exact resume; tqdm + TensorBoard; sample
-reconstructions as mp4 and png.
+perceptual and late patch-GAN terms; optional stages that train the spatial half, then the
+temporal half, alone before the whole VAE; checkpoints with exact resume; tqdm + TensorBoard;
+sample reconstructions as mp4 and png.
 
 Exact resume: batches and posterior noise are pure functions of (seed, step), and a checkpoint
 holds the weights, the optimiser states and the step, so stopping after step k and resuming
