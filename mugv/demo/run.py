@@ -28,20 +28,20 @@ class DemoError(RuntimeError):
 
 @dataclass
 class DemoPlan:
-    """How much work each stage does; `quick` is a smoke-test size."""
+    """How much work each stage does; `quick` is a smoke-test size. The training budgets are the
+    `vae-demo` and `demo` profiles' own; `vae_overrides` / `dit_overrides` replace them."""
 
     clips_per_scene: int = 3
-    vae_steps: int = 1500  # of which the spatial and temporal halves alone:
-    vae_spatial_steps: int = 300
-    vae_temporal_steps: int = 1000
-    dit_steps: int = 3200
     sample_steps: int = 25
     seeds_per_prompt: int = 2
+    vae_overrides: tuple[str, ...] = ()
+    dit_overrides: tuple[str, ...] = ()
 
     @classmethod
     def quick(cls) -> "DemoPlan":
-        return cls(clips_per_scene=1, vae_steps=4, vae_spatial_steps=1, vae_temporal_steps=1, dit_steps=4,
-                   sample_steps=2, seeds_per_prompt=1)
+        return cls(clips_per_scene=1, sample_steps=2, seeds_per_prompt=1,
+                   vae_overrides=("--train.steps=4", "--stages.spatial_steps=1", "--stages.temporal_steps=1"),
+                   dit_overrides=("--train.steps=4",))
 
 
 def run(command: list[str]) -> None:
@@ -108,8 +108,7 @@ class Demo:
         evaluate = ["vae", "eval", str(held_out), "--preset", "tiny", "--height", "64", "--width", "64", "--frames", "17"]
         run([*evaluate, "--weights", str(untrained), "--output", str(run_dir / "eval-before.json")])
         run(["vae", "train", "--config", "vae-demo", "--source", str(manifest), f"--run_dir={run_dir}",
-             f"--train.steps={self.plan.vae_steps}", f"--stages.spatial_steps={self.plan.vae_spatial_steps}",
-             f"--stages.temporal_steps={self.plan.vae_temporal_steps}"])
+             *self.plan.vae_overrides])
         weights = latest_checkpoint_dir(run_dir) / "model.safetensors"
         run([*evaluate, "--weights", str(weights), "--output", str(run_dir / "eval-after.json")])
         return self.normalized_vae(manifest, weights)
@@ -140,8 +139,7 @@ class Demo:
 
     def train(self, shards: Path) -> Path:
         run_dir = self.out / "dit"
-        run(["train", "--config", "demo", f"--data.shards={shards}", f"--run_dir={run_dir}",
-             f"--train.steps={self.plan.dit_steps}"])
+        run(["train", "--config", "demo", f"--data.shards={shards}", f"--run_dir={run_dir}", *self.plan.dit_overrides])
         return run_dir
 
     def prompts(self) -> tuple[Path, list[tuple[str, Scene]]]:
