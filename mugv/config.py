@@ -1,10 +1,10 @@
 """One typed configuration tree for every mugv run.
 
-A run is described by a `RunConfig` dataclass tree. It is built from a named TOML profile
-(`configs/NAME.toml`, or a path), which may `extends` another profile, plus dotted command-line
-overrides such as `--optim.lr=1e-4`. Every key is checked against the dataclasses: an unknown or
-misspelt key is an error naming the key and the closest valid one. Defaults live in the
-dataclasses only.
+A run is described by a `RunConfig` dataclass tree. It is built from a TOML profile, named (a
+user's own `./configs/NAME.toml`, else the one shipped in `mugv/configs/`) or given as a path,
+which may `extends` another profile, plus dotted command-line overrides such as
+`--optim.lr=1e-4`. Every key is checked against the dataclasses: an unknown or misspelt key is an
+error naming the key and the closest valid one. Defaults live in the dataclasses only.
 
 A section whose dataclass has a `from_preset(name)` classmethod (the model) takes `preset = "10b"`
 first and then applies its other keys on top, so `--model.preset=2b --model.depth=4` works.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import tomllib
 import types
 import typing
@@ -21,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import tomli_w
-
 from mugv.models.dit.config import DiTConfig
 
 T = TypeVar("T")
 
-PROFILE_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[1] / "configs")
+# Where profile names are looked up, first match wins: the working directory's own configs/, then
+# the profiles shipped as package data (found the same way in wheel and editable installs).
+PROFILE_DIRS = (Path("configs"), Path(str(importlib.resources.files("mugv") / "configs")))
 
 
 class ConfigError(ValueError):
@@ -503,6 +504,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def to_toml(cfg: Any) -> str:
+    import tomli_w  # only writing TOML needs it; reading uses the standard library
+
     return tomli_w.dumps(to_dict(cfg))
 
 
@@ -512,7 +515,7 @@ def to_toml(cfg: Any) -> str:
 
 
 def find_profile(name: str) -> Path:
-    """A TOML path (it ends in .toml or names a directory), else a profile name in configs/."""
+    """A TOML path (it ends in .toml or names a directory), else a profile name in PROFILE_DIRS."""
     path = Path(name)
     if path.suffix == ".toml" or "/" in name or path.is_file():
         if not path.is_file():

@@ -76,3 +76,11 @@ def test_a_profile_name_wins_over_a_folder_of_the_same_name(tmp_path, monkeypatc
     (tmp_path / "debug").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_config("debug").name == "debug"
+
+
+def test_a_profile_in_the_working_directory_configs_comes_before_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "demo.toml").write_text('extends = "debug"\nname = "my-demo"\n')
+    cfg = load_config("demo")
+    assert cfg.name == "my-demo" and cfg.model == load_config("debug").model  # `extends` found the shipped debug

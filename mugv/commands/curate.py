@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", help=f"folder, path list, CSV or Parquet; or '{TRAIN_TRANSITIONS}'")
     parser.add_argument("--out", help="output folder (manifest.parquet, summary.txt, parts/)")
-    parser.add_argument("--config", help="a curate TOML profile (configs/NAME.toml or a path)")
+    parser.add_argument("--config", help="a curate profile name (./configs/NAME.toml, else a shipped one) or a TOML path")
     parser.add_argument("--backend", choices=["process", "ray"], help="shorthand for --run.backend")
     parser.add_argument("--workers", type=int, help="shorthand for --run.workers")
     parser.add_argument("--no-resume", action="store_true", help="redo videos finished by an earlier run")

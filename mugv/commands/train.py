@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a MUG-DiT",
         description="Train a MUG-DiT. Any config key can be overridden: --optim.lr=1e-4 --train.steps=50.",
     )
-    parser.add_argument("--config", default="debug", help="profile name in configs/ or a TOML path (default: debug)")
+    parser.add_argument("--config", default="debug", help="profile name (./configs/NAME.toml, else a shipped one) or a TOML path (default: debug)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, print the resolved tree (and, with --world-size, the parallel "
                              "plan with per-rank memory estimates), exit")

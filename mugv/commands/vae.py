@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train the VAE on videos and images",
         description="Train the VAE. Any config key can be overridden: --optim.lr=1e-4 --train.steps=50.",
     )
-    train.add_argument("--config", default="vae_tiny", help="profile name in configs/ or a TOML path (default: vae_tiny)")
+    train.add_argument("--config", default="vae_tiny", help="profile name (./configs/NAME.toml, else a shipped one) or a TOML path (default: vae_tiny)")
     train.add_argument("--source", action="append", default=[], help="folder, media file or manifest (repeatable; adds to data.sources)")
     train.add_argument("--dry-run", action="store_true", help="validate the config, print the resolved tree, exit")
     train.set_defaults(func=run_train, accepts_overrides=True)
