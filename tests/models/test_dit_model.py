@@ -9,6 +9,8 @@ from mugv.models.dit.config import PRESETS, DiTConfig, latent_shape_for_pixels
 from mugv.models.dit.model import MUGDiT
 from mugv.models.dit.rope import rope_angles, token_positions
 
+from numerics_testing import assert_close_to_scale
+
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
@@ -89,8 +91,8 @@ def test_text_padding_does_not_change_the_output():
         b = model(x, t, text, fps=fps, text_mask=mask)
         padded = torch.cat([text, torch.randn(2, 4, 64)], dim=1)
         c = model(x, t, padded, fps=fps, text_mask=torch.cat([mask, torch.zeros(2, 4, dtype=torch.bool)], 1))
-    assert torch.equal(a, b)
-    torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+    assert torch.equal(a, b)  # same shapes, masked values changed: the same sums, bit for bit
+    assert_close_to_scale(c, a)  # a longer text sequence sums attention in another order
 
 
 def test_conditioning_frames_take_the_t0_modulation():
@@ -104,13 +106,13 @@ def test_conditioning_frames_take_the_t0_modulation():
         at_zero = model(x, zero_t, text, fps=fps, text_mask=mask, frame_mask=frame_mask)
         all_zero = model(x, zero_t, text, fps=fps, text_mask=mask, frame_mask=torch.zeros_like(frame_mask))
     assert not torch.allclose(masked, at_zero)
-    torch.testing.assert_close(at_zero, all_zero)  # at t = 0 the mask no longer matters
+    assert_close_to_scale(at_zero, all_zero)  # at t = 0 the mask no longer matters
     # Frame 0 output still depends on the noisy frames through attention, so compare only modulation:
     # with every frame conditioning, the timestep has no effect at all.
     with torch.no_grad():
         cond_only = model(x, torch.tensor([700.0, 700.0]), text, fps=fps, text_mask=mask,
                           frame_mask=torch.zeros_like(frame_mask))
-    torch.testing.assert_close(cond_only, all_zero)
+    assert_close_to_scale(cond_only, all_zero)
 
 
 def test_odd_sizes_are_padded_and_cropped():
@@ -127,7 +129,7 @@ def test_a_sample_does_not_depend_on_its_batch_neighbours():
     with torch.no_grad():
         both = model(x, t, text, fps=fps, text_mask=mask)
         alone = model(x[1:], t[1:], text[1:], fps=fps[1:], text_mask=mask[1:])
-    torch.testing.assert_close(both[1:], alone, rtol=1e-4, atol=1e-5)
+    assert_close_to_scale(alone, both[1:])
 
 
 def test_rope_positions_put_start_and_end_tokens_at_the_corners():

@@ -7,6 +7,8 @@ from mugv.models.dit.config import DiTConfig
 from mugv.models.dit.model import MUGDiT
 from mugv.train.expand import ExpansionError, expand_state_dict, expanded_config, expansion_factor
 
+from numerics_testing import scale_relative_error
+
 
 def trained_like_model(seed=0) -> MUGDiT:
     """A small model with every weight random (a fresh init leaves zeros that would hide mistakes)."""
@@ -46,7 +48,8 @@ def test_expanded_model_computes_the_small_models_function(factor, perturbation)
 
 
 def hidden_copy_gap(model: MUGDiT) -> float:
-    """Largest difference between the two halves of the first block's output: 0 while they are copies."""
+    """Largest difference between the two halves of the first block's output, relative to the output's
+    scale: 0 while they are copies."""
     seen = {}
     handle = model.blocks[0].register_forward_hook(lambda mod, args, out: seen.update(out=out))
     x, t, text, kw = inputs()
@@ -55,7 +58,7 @@ def hidden_copy_gap(model: MUGDiT) -> float:
     handle.remove()
     out = seen["out"]
     half = out.shape[-1] // 2
-    return (out[..., :half] - out[..., half:]).abs().max().item()
+    return scale_relative_error(out[..., :half], out[..., half:], scale=out)
 
 
 def train_a_few_steps(model: MUGDiT, steps=3):
@@ -71,11 +74,11 @@ def test_without_perturbation_the_copies_never_separate_and_with_it_they_do():
     small = trained_like_model()
     symmetric, broken = expand(small), expand(small, perturbation=0.05)
     assert hidden_copy_gap(symmetric) == 0.0
-    assert hidden_copy_gap(broken) < 1e-5  # the perturbation keeps the function: copies still agree
+    assert hidden_copy_gap(broken) < 1e-5  # the perturbation keeps the function: copies agree to rounding
     train_a_few_steps(symmetric)
     train_a_few_steps(broken)
     assert hidden_copy_gap(symmetric) == 0.0
-    assert hidden_copy_gap(broken) > 1e-3
+    assert hidden_copy_gap(broken) > 1e-4  # measured 2.6e-3 after 3 steps; rounding leaves ~4e-7
 
 
 def test_presets_2b_to_10b_is_a_factor_two():
