@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from mugv.errors import ConfigError  # re-exported: commands and stages raise it from here
 from mugv.models.dit.config import DiTConfig
 
 T = TypeVar("T")
@@ -29,10 +30,6 @@ T = TypeVar("T")
 # Where profile names are looked up, first match wins: the working directory's own configs/, then
 # the profiles shipped as package data (found the same way in wheel and editable installs).
 PROFILE_DIRS = (Path("configs"), Path(str(importlib.resources.files("mugv") / "configs")))
-
-
-class ConfigError(ValueError):
-    """A configuration problem, worded for the person who wrote the config."""
 
 
 class _CliText(str):

@@ -39,11 +39,12 @@ import torch
 
 from mugv.data.buckets import Bucket, assign_bucket, default_buckets
 from mugv.data.shards import INDEX_NAME, REPORT_NAME, ShardWriter, list_sidecars, split_url, write_index
+from mugv.errors import MugvError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
-class EncodeError(RuntimeError):
+class EncodeError(MugvError, RuntimeError):
     pass
 
 

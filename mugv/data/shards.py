@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from mugv.errors import MugvError
+
 SHARD_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".json"
 INDEX_NAME = "index.parquet"
@@ -65,7 +67,7 @@ INDEX_COLUMNS: dict[str, type] = {
 }
 
 
-class ShardError(RuntimeError):
+class ShardError(MugvError, RuntimeError):
     """A shard that cannot be used; the message names it."""
 
 

@@ -20,9 +20,10 @@ import numpy as np
 
 from mugv.cli import main as mugv_main
 from mugv.demo.world import Scene, render, split_scenes
+from mugv.errors import MugvError
 
 
-class DemoError(RuntimeError):
+class DemoError(MugvError, RuntimeError):
     pass
 
 

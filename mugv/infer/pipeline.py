@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mugv.config import NEGATIVE_PROMPT, FlowConfig
+from mugv.errors import MugvError
 from mugv.flow import CFGVelocity, euler_sample, sampling_sigmas, shift_ratio
 from mugv.models.dit.model import MUGDiT
 from mugv.models.text.encoders import TextEmbeddings, with_aesthetic
@@ -34,7 +35,7 @@ RESOLUTIONS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
-class GenerationError(ValueError):
+class GenerationError(MugvError, ValueError):
     """A request that cannot be generated, worded for the person who made it."""
 
 

@@ -1,14 +1,21 @@
-"""Single-process training checkpoints: one directory per step, written atomically.
+"""Single-process training checkpoints: one directory per step, written atomically and durably.
 
-Layout of `step_00000100/`: `model.safetensors` (MUG-V layout names), `optimizer.pt`,
-`trainer.json` (step, scheduler, data position, config) and `rng.pt` (every RNG the run uses).
-A directory only gets its final name once complete, so a crash mid-save never leaves a
-half-written checkpoint that `resume = "auto"` would pick.
+Layout of `step_00000100/`: `model.safetensors` (MUG-V layout names), `optimizer.pt` (tensors
+and plain values only, read back with `torch.load(weights_only=True)`), `trainer.json` (step,
+scheduler, data position, config) and `rng.safetensors` (every RNG the run uses, as tensors plus
+JSON metadata). Nothing in a checkpoint is unpickled beyond tensors and plain values, so a
+checkpoint folder from elsewhere cannot run code.
+
+A directory only gets its final name once complete and flushed to disk (`publish`), so neither a
+crash mid-save nor a power cut after it leaves a half-written checkpoint that `resume = "auto"`
+would pick.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import random
 import re
 import shutil
@@ -18,12 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from mugv.errors import MugvError
+
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+RNG_FILE = "rng.safetensors"
+# what checkpoints of earlier mugv versions held instead of RNG_FILE: a pickle, never loaded
+PICKLED_RNG_FILE = "rng.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MugvError, RuntimeError):
     pass
 
 
@@ -55,6 +68,85 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+# ----------------------------------------------------------------------------------------------
+# Durable publication
+# ----------------------------------------------------------------------------------------------
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the entries of directory `path` (new names, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(folder) / name)
+        fsync_directory(Path(folder))
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Give the complete directory `tmp` the name `final`, after its files and entries reach the
+    disk, and make the rename itself durable: after a crash `final` is whole or absent."""
+    fsync_tree(tmp)
+    replaced = None
+    if final.exists():  # the same step saved again: moved aside, not deleted first, so a crash never leaves neither
+        replaced = final.with_name(f".{final.name}.replaced")
+        shutil.rmtree(replaced, ignore_errors=True)
+        final.rename(replaced)
+    tmp.rename(final)
+    fsync_directory(final.parent)
+    if replaced is not None:
+        shutil.rmtree(replaced)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory; it leaves the `step_*` names first, so a crash mid-delete
+    never leaves a partial directory that looks like a checkpoint."""
+    doomed = path.with_name(f".{path.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    path.rename(doomed)
+    fsync_directory(path.parent)
+    shutil.rmtree(doomed)
+
+
+def keep_last_checkpoints(checkpoints: list[Path], keep_last: int) -> None:
+    """Remove all but the last `keep_last` of `checkpoints` (sorted oldest first)."""
+    for old in checkpoints[:-keep_last]:
+        remove_checkpoint(old)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading without unpickling code
+# ----------------------------------------------------------------------------------------------
+
+
+def load_tensor_file(path: Path, map_location: str | torch.device | None = None) -> Any:
+    """`torch.load` restricted to tensors and plain values (`weights_only=True`), so a crafted
+    file cannot run code; a file holding anything else is refused with a CheckpointError naming it."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors and plain values"
+        raise CheckpointError(f"{path}: refused to load: it holds {what}, and unpickling that could run code; "
+                              "use checkpoints written by mugv from a trusted source") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state as tensors + JSON
+# ----------------------------------------------------------------------------------------------
+
+
 def global_rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -70,6 +162,60 @@ def restore_global_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def save_rng_file(path: Path, generator: torch.Tensor | None = None, global_state: dict[str, Any] | None = None) -> None:
+    """Write a step generator's state and / or the process-wide RNG states (`global_rng_state`)
+    as one safetensors file: byte and integer tensors, the scalars as JSON in its metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    if generator is not None:
+        tensors["generator"] = generator
+    if global_state is not None:
+        tensors["torch"] = global_state["torch"]
+        kind, keys, pos, has_gauss, cached_gaussian = global_state["numpy"]
+        tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+        scalars["numpy"] = {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
+                            "cached_gaussian": float(cached_gaussian)}
+        version, internal, gauss_next = global_state["python"]
+        tensors["python.state"] = torch.tensor(internal, dtype=torch.int64)
+        scalars["python"] = {"version": version, "gauss_next": gauss_next}
+        for i, cuda_state in enumerate(global_state.get("cuda", [])):
+            tensors[f"cuda.{i}"] = cuda_state
+        scalars["cuda_devices"] = len(global_state.get("cuda", []))
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, path, metadata={"rng": json.dumps(scalars)})
+
+
+def load_rng_file(path: Path) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """(step generator state or None, global RNG states or None) from a `save_rng_file` file."""
+    with safe_open(path, framework="pt") as f:
+        scalars = json.loads((f.metadata() or {}).get("rng", "{}"))
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    generator = tensors.get("generator")
+    if "torch" not in tensors:
+        return generator, None
+    numpy_scalars, python_scalars = scalars["numpy"], scalars["python"]
+    global_state = {
+        "torch": tensors["torch"],
+        "numpy": (numpy_scalars["kind"], tensors["numpy.keys"].numpy().astype(np.uint32), numpy_scalars["pos"],
+                  numpy_scalars["has_gauss"], numpy_scalars["cached_gaussian"]),
+        "python": (python_scalars["version"], tuple(tensors["python.state"].tolist()), python_scalars["gauss_next"]),
+    }
+    if scalars["cuda_devices"]:
+        global_state["cuda"] = [tensors[f"cuda.{i}"] for i in range(scalars["cuda_devices"])]
+    return generator, global_state
+
+
+def refuse_pickled_rng(path: Path) -> None:
+    """Checkpoints of earlier mugv versions hold their RNG state as a pickle: name it, never load it."""
+    raise CheckpointError(f"{path}: RNG state stored as a Python pickle (a checkpoint from an older mugv, or "
+                          "crafted); it is not loaded because unpickling can run code. Start from its weights "
+                          "instead with --checkpoint.init_weights=<its model.safetensors> (exact resume is lost)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole training checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
 def save_training_state(root: Path, state: TrainingState, keep_last: int) -> Path:
     final = step_dir(root, state.step)
     tmp = final.with_name(final.name + ".tmp")
@@ -79,32 +225,36 @@ def save_training_state(root: Path, state: TrainingState, keep_last: int) -> Pat
     for name, tensors in state.tensors.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
     torch.save(state.optimizer, tmp / "optimizer.pt")
-    torch.save({"generator": state.generator, "global": global_rng_state()}, tmp / "rng.pt")
+    save_rng_file(tmp / RNG_FILE, generator=state.generator, global_state=global_rng_state())
     meta = {"step": state.step, "scheduler": state.scheduler, "data": state.data, "tensors": sorted(state.tensors),
             **state.extra}
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(old)
+    publish(tmp, final)
+    keep_last_checkpoints(list_checkpoints(root), keep_last)
     return final
 
 
 def load_training_state(path: Path) -> TrainingState:
-    missing = [name for name in ("model.safetensors", "optimizer.pt", "trainer.json", "rng.pt") if not (path / name).is_file()]
+    if not (path / RNG_FILE).is_file() and (path / PICKLED_RNG_FILE).is_file():
+        refuse_pickled_rng(path / PICKLED_RNG_FILE)
+    missing = [name for name in ("model.safetensors", "optimizer.pt", "trainer.json", RNG_FILE)
+               if not (path / name).is_file()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
     meta = json.loads((path / "trainer.json").read_text())
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    restore_global_rng_state(rng["global"])
+    generator, global_state = load_rng_file(path / RNG_FILE)
+    if generator is None or global_state is None:
+        raise CheckpointError(f"{path / RNG_FILE}: lacks the step generator or the global RNG states")
+    optimizer = load_tensor_file(path / "optimizer.pt")
+    restore_global_rng_state(global_state)
     tensors = {name: load_file(path / f"{name}.safetensors") for name in meta.pop("tensors", [])}
     return TrainingState(
         tensors=tensors,
         step=int(meta.pop("step")),
         model=load_file(path / "model.safetensors"),
-        optimizer=torch.load(path / "optimizer.pt", weights_only=True),
+        optimizer=optimizer,
         scheduler=meta.pop("scheduler"),
         data=meta.pop("data"),
-        generator=rng["generator"],
+        generator=generator,
         extra=meta,
     )

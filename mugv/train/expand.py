@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 import torch
 
+from mugv.errors import MugvError
 from mugv.models.dit.config import DiTConfig
 
 # How each tensor grows: (row chunks to tile, or 0 to keep the rows), whether the expanded input
@@ -60,7 +61,7 @@ _RULES: tuple[tuple[str, int, str | None], ...] = (
 _COMPILED = tuple((re.compile(rf"^{pattern}$"), rows, inputs) for pattern, rows, inputs in _RULES)
 
 
-class ExpansionError(ValueError):
+class ExpansionError(MugvError, ValueError):
     pass
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from mugv.errors import MugvError
 from mugv.vae_train.config import VAEDataConfig
 from mugv.video import VideoError, decode, resize_to_fill
 from mugv.video.reader import VIDEO_EXTENSIONS
@@ -27,7 +28,7 @@ IMAGE_EXTENSIONS = frozenset(".png .jpg .jpeg .webp .bmp .tif .tiff".split())
 MANIFEST_EXTENSIONS = frozenset((".txt", ".jsonl", ".parquet"))
 
 
-class MediaError(ValueError):
+class MediaError(MugvError, ValueError):
     """Training media cannot be used at all (no sources, nothing readable)."""
 
 

@@ -16,10 +16,11 @@ import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from mugv.errors import MugvError
 from mugv.video.frames import fit_short_side
 
 
-class VideoError(Exception):
+class VideoError(MugvError):
     """A file that cannot be used as video; `reason` is a stable code such as `no_video_stream`."""
 
     def __init__(self, reason: str, message: str = ""):

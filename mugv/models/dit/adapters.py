@@ -38,6 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from mugv.errors import MugvError
+
 __all__ = [
     "CheckpointLayoutError",
     "KNOWN_ABSENT",
@@ -75,7 +77,7 @@ KNOWN_ABSENT: dict[str, frozenset[str]] = {
 WRAPPER_KEYS: tuple[str, ...] = ("model", "state_dict", "module", "model_state_dict")
 
 
-class CheckpointLayoutError(ValueError):
+class CheckpointLayoutError(MugvError, ValueError):
     """A checkpoint does not fit the layout or model it is loaded into; the message names keys."""
 
 

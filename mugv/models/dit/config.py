@@ -6,11 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from mugv.errors import MugvError
+
 if TYPE_CHECKING:
     import torch
 
 
-class UnknownPresetError(ValueError):
+class UnknownPresetError(MugvError, ValueError):
     pass
 
 

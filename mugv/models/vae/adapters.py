@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from mugv.errors import MugvError
 from mugv.models.vae.model import MUGVideoVAE
 
 __all__ = [
@@ -63,7 +64,7 @@ DIFFUSERS_UNUSED = (
 MUGV_UNUSED = tuple(MUGV_SPATIAL_PREFIX + n for n in DIFFUSERS_UNUSED if "quant_conv" not in n) + ("logvar",)
 
 
-class VAELayoutError(ValueError):
+class VAELayoutError(MugvError, ValueError):
     """A checkpoint does not fit the model; the message lists every offending key."""
 
 

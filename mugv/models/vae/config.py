@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from mugv.errors import MugvError
+
 # Per-channel latent statistics of the published VAE, used as `(z - mean) / std`.
 MUGV_LATENT_MEAN = (
     -0.0194091796875, 0.09619140625, -0.796875, 0.1591796875, -0.2578125, 0.359375,
@@ -25,7 +27,7 @@ MUGV_LATENT_STD = (
 )  # fmt: skip
 
 
-class UnknownVAEPresetError(ValueError):
+class UnknownVAEPresetError(MugvError, ValueError):
     pass
 
 
