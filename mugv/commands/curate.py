@@ -19,7 +19,6 @@ TRAIN_TRANSITIONS = "train-transitions"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "curate",
-        help="curate raw videos into a clip manifest",
         description=(
             "Curate INPUT (a folder of videos, a text file of paths, or a CSV/Parquet table with a "
             "'path' column) into DIR/manifest.parquet. Settings: --section.key=value, e.g. "

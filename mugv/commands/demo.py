@@ -9,7 +9,6 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the whole system end to end on a small corpus and write report.html",
         description="Build a small raw corpus (real sample clips + captioned synthetic clips with planted faults), "
         "curate it, train the tiny VAE, encode shards, train a small DiT, generate held-out prompts and an I2V "
         "case, score prompt adherence, and write DIR/report.html. Rerun to resume.",

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mugv.models.dit.adapters import read_weights, save_safetensors
-from mugv.train.ema import ensemble_checkpoints, ensemble_weights, reconstruct
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("ema", help="post-hoc EMA: rebuild averaged weights after training")
+    parser = subparsers.add_parser("ema", description="Post-hoc EMA: rebuild averaged weights after training.")
     commands = parser.add_subparsers(dest="ema_command", required=True, metavar="ACTION")
 
     posthoc = commands.add_parser(
@@ -32,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_reconstruct(args: argparse.Namespace, _: list[str]) -> int:
+    from mugv.models.dit.adapters import save_safetensors
+    from mugv.train.ema import reconstruct
+
     weights = reconstruct(args.snapshots, args.sigma_rel, args.step)
     save_safetensors(weights, args.out, metadata={"sigma_rel": str(args.sigma_rel), "source": str(args.snapshots)})
     print(f"wrote {args.out}: power-function EMA with sigma_rel {args.sigma_rel}")
@@ -39,6 +39,9 @@ def run_reconstruct(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def run_ensemble(args: argparse.Namespace, _: list[str]) -> int:
+    from mugv.models.dit.adapters import read_weights, save_safetensors
+    from mugv.train.ema import ensemble_checkpoints, ensemble_weights
+
     weights = ensemble_checkpoints([read_weights(p) for p in args.checkpoints], args.decay)
     save_safetensors(weights, args.out, metadata={"decay": str(args.decay), "sources": " ".join(args.checkpoints)})
     shares = ", ".join(f"{w:.3f}" for w in ensemble_weights(len(args.checkpoints), args.decay))

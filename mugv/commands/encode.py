@@ -9,7 +9,6 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "encode",
-        help="encode curated clips into latent + text shards",
         description="Encode every kept clip of a curation manifest with the VAE and a text encoder into "
         "safetensors shards with a Parquet index (see docs/data.md). Resumable: rerun to continue.",
     )

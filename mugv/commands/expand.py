@@ -7,17 +7,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
-from mugv.models.dit.adapters import read_weights, save_safetensors
 from mugv.models.dit.config import PRESETS, DiTConfig
-from mugv.train.expand import expand_state_dict, expanded_config, expansion_factor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "expand",
-        help="grow a trained DiT's hidden width by an integer factor (HyperCloning)",
         description="Grow a trained MUG-DiT's width so that it computes the same function, e.g. 2b -> 10b.",
     )
     parser.add_argument("--from", dest="source", required=True,
@@ -35,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, _: list[str]) -> int:
+    from mugv.models.dit.adapters import read_weights, save_safetensors
+    from mugv.train.expand import expand_state_dict, expanded_config, expansion_factor
+
     weights = read_weights(args.source)
     small = DiTConfig.from_weights(weights)
     if args.to_preset:
@@ -63,6 +61,8 @@ def run(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def verify(small_cfg: DiTConfig, small_weights, large_cfg: DiTConfig, large_weights) -> float:
+    import torch
+
     from mugv.models.dit.model import MUGDiT
 
     small, large = MUGDiT(small_cfg), MUGDiT(large_cfg)

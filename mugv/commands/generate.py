@@ -24,7 +24,6 @@ CSV_COLUMNS = {"prompt", "image", "video", "continue_frames", "negative_prompt",
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
-        help="generate videos from a trained DiT (T2V, I2V, continuation)",
         description="Generate videos: a prompt (T2V), plus --image (I2V / TI2V) or --video (continuation).",
     )
     src = parser.add_argument_group("models")

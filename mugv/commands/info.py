@@ -8,7 +8,7 @@ from mugv.models.dit.config import DiTConfig, PRESETS, latent_shape_for_pixels
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="parameter count and FLOPs of a model preset")
+    parser = subparsers.add_parser("info", description="Parameter count and training FLOPs of a model preset.")
     parser.add_argument("--model", default="10b", choices=list(PRESETS), help="model preset (default: 10b)")
     parser.add_argument("--frames", type=int, help="clip length in pixel frames (e.g. 105 for 5 s at ~20 fps)")
     parser.add_argument("--height", type=int, help="clip height in pixels")

@@ -10,7 +10,6 @@ from mugv.config import load_config, to_toml
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a MUG-DiT",
         description="Train a MUG-DiT. Any config key can be overridden: --optim.lr=1e-4 --train.steps=50.",
     )
     parser.add_argument("--config", default="debug", help="profile name (./configs/NAME.toml, else a shipped one) or a TOML path (default: debug)")

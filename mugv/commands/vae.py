@@ -13,7 +13,7 @@ from mugv.config import ConfigError, deep_merge, from_dict, load_profile_dict, p
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("vae", help="train and evaluate the video VAE", description=__doc__)
+    parser = subparsers.add_parser("vae", description=__doc__)
     commands = parser.add_subparsers(dest="vae_command", required=True, metavar="VAE_COMMAND")
 
     train = commands.add_parser(
