@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mugv import kernels
+from mugv.kernels.reference import apply_rope, rms_norm
 from mugv.models.dit.config import DiTConfig
-from mugv.models.dit.rope import apply_rope, rope_angles
+from mugv.models.dit.rope import rope_angles
 
 
 class RMSNorm(nn.Module):
@@ -33,9 +35,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
+
+    def forward_rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Norm then RoPE, fused into one kernel where mugv.kernels applies."""
+        return kernels.rms_norm_rope(x, self.weight, self.eps, cos, sin)
 
 
 def sinusoid(values: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -129,8 +133,11 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x)
         b, n, _ = qkv.shape  # n: tokens after the projection (sequence parallel gathers them)
         q, k, v = qkv.view(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
-        q = apply_rope(self.q_norm(q), *rope)
-        k = apply_rope(self.k_norm(k), *rope)
+        q, k = (
+            (self.q_norm.forward_rope(q, *rope), self.k_norm.forward_rope(k, *rope))
+            if isinstance(self.q_norm, RMSNorm)
+            else (apply_rope(q, *rope), apply_rope(k, *rope))
+        )
         out = self.core_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
@@ -167,18 +174,16 @@ class Modulation:
     def __init__(self, rows: torch.Tensor, rows_t0: torch.Tensor | None, select: torch.Tensor | None):
         self.rows, self.rows_t0, self.select = rows, rows_t0, select
 
-    def modulate(self, x: torch.Tensor, shift: int, scale: int) -> torch.Tensor:
-        out = x * (1 + self.rows[:, scale : scale + 1]) + self.rows[:, shift : shift + 1]
-        if self.select is None:
-            return out
-        out_t0 = x * (1 + self.rows_t0[:, scale : scale + 1]) + self.rows_t0[:, shift : shift + 1]
-        return torch.where(self.select, out, out_t0)
+    def row(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.rows[:, index], None if self.rows_t0 is None else self.rows_t0[:, index]
 
-    def gate(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        out = self.rows[:, index : index + 1] * x
-        if self.select is None:
-            return out
-        return torch.where(self.select, out, self.rows_t0[:, index : index + 1] * x)
+    def modulate(self, x: torch.Tensor, shift: int, scale: int) -> torch.Tensor:
+        (scale_t, scale_t0), (shift_t, shift_t0) = self.row(scale), self.row(shift)
+        return kernels.modulate(x, scale_t, shift_t, scale_t0, shift_t0, self.select)
+
+    def gate_residual(self, residual: torch.Tensor, x: torch.Tensor, index: int) -> torch.Tensor:
+        """`residual + gate * x`."""
+        return kernels.gate_residual(residual, x, *self.row(index), self.select)
 
 
 class MUGDiTBlock(nn.Module):
@@ -214,10 +219,10 @@ class MUGDiTBlock(nn.Module):
     ) -> torch.Tensor:
         mod = self.modulation(t_rows, t0_rows, select, x.dtype)
         attn_in = mod.modulate(self.norm(x), self.SHIFT_MSA, self.SCALE_MSA)
-        x = x + mod.gate(self.attn(attn_in, rope), self.GATE_MSA)
+        x = mod.gate_residual(x, self.attn(attn_in, rope), self.GATE_MSA)
         x = x + self.cross_attn(self.cross_attn_norm(x), text, text_attn_mask)
         mlp_in = mod.modulate(self.norm(x), self.SHIFT_MLP, self.SCALE_MLP)
-        return x + mod.gate(self.mlp(mlp_in), self.GATE_MLP)
+        return mod.gate_residual(x, self.mlp(mlp_in), self.GATE_MLP)
 
 
 class FinalLayer(nn.Module):

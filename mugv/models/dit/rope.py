@@ -49,11 +49,3 @@ def rope_angles(
     freqs = rope_frequencies(head_dim, theta, device=device)
     angles = (positions.to(torch.float32)[:, :, None] * freqs).flatten(1)  # (N, 3 * pairs) in h|w|t order
     return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of `x` (B, heads, N, head_dim) in float32; return x's dtype."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
