@@ -176,6 +176,24 @@ def gate_residual(residual, y, gate, gate_t0=None, select=None):
 
 
 @triton.jit
+def _normalised_pairs(X, W, COS, SIN, bh, rows, pairs, HEADS, N, stride_b, stride_h, stride_n, eps, D: tl.constexpr):
+    """The (even, odd) halves of each rotary pair after RMSNorm (before its weight), 1/rms, the
+    weight halves, the rotation tables at these tokens, and the in-bounds mask."""
+    pair_ok = pairs < D // 2
+    mask = (rows < N)[:, None] & pair_ok[None, :]
+    src = X + (bh // HEADS) * stride_b + (bh % HEADS) * stride_h + rows[:, None] * stride_n + 2 * pairs[None, :]
+    even = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    odd = tl.load(src + 1, mask=mask, other=0.0).to(tl.float32)
+    inv_rms = tl.rsqrt((tl.sum(even * even, axis=1) + tl.sum(odd * odd, axis=1)) / D + eps)[:, None]
+    w_even = tl.load(W + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
+    w_odd = tl.load(W + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
+    angle = rows[:, None] * (D // 2) + pairs[None, :]
+    cos = tl.load(COS + angle, mask=mask, other=0.0)
+    sin = tl.load(SIN + angle, mask=mask, other=0.0)
+    return even * inv_rms, odd * inv_rms, inv_rms, w_even, w_odd, cos, sin, mask
+
+
+@triton.jit
 def _rms_norm_rope_fwd(
     X, W, COS, SIN, OUT, HEADS, N, stride_b, stride_h, stride_n, eps,
     D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -183,20 +201,11 @@ def _rms_norm_rope_fwd(
     bh = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     pairs = tl.arange(0, BLOCK_P)
-    row_ok = rows < N
-    pair_ok = pairs < D // 2
-    mask = row_ok[:, None] & pair_ok[None, :]
-    src = X + (bh // HEADS) * stride_b + (bh % HEADS) * stride_h + rows[:, None] * stride_n + 2 * pairs[None, :]
-    even = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    odd = tl.load(src + 1, mask=mask, other=0.0).to(tl.float32)
-    inv_rms = tl.rsqrt((tl.sum(even * even, axis=1) + tl.sum(odd * odd, axis=1)) / D + eps)[:, None]
-    w_even = tl.load(W + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
-    w_odd = tl.load(W + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
-    n_even = even * inv_rms * w_even
-    n_odd = odd * inv_rms * w_odd
-    angle = rows[:, None] * (D // 2) + pairs[None, :]
-    cos = tl.load(COS + angle, mask=mask, other=0.0)
-    sin = tl.load(SIN + angle, mask=mask, other=0.0)
+    hat_even, hat_odd, inv_rms, w_even, w_odd, cos, sin, mask = _normalised_pairs(
+        X, W, COS, SIN, bh, rows, pairs, HEADS, N, stride_b, stride_h, stride_n, eps, D
+    )
+    n_even = hat_even * w_even
+    n_odd = hat_odd * w_odd
     dst = OUT + (bh * N + rows[:, None]) * D + 2 * pairs[None, :]
     tl.store(dst, (n_even * cos - n_odd * sin).to(OUT.dtype.element_ty), mask=mask)
     tl.store(dst + 1, (n_even * sin + n_odd * cos).to(OUT.dtype.element_ty), mask=mask)
@@ -211,26 +220,15 @@ def _rms_norm_rope_bwd(
     block = tl.program_id(1)
     rows = block * BLOCK_N + tl.arange(0, BLOCK_N)
     pairs = tl.arange(0, BLOCK_P)
-    row_ok = rows < N
-    pair_ok = pairs < D // 2
-    mask = row_ok[:, None] & pair_ok[None, :]
-    src = X + (bh // HEADS) * stride_b + (bh % HEADS) * stride_h + rows[:, None] * stride_n + 2 * pairs[None, :]
-    even = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    odd = tl.load(src + 1, mask=mask, other=0.0).to(tl.float32)
-    inv_rms = tl.rsqrt((tl.sum(even * even, axis=1) + tl.sum(odd * odd, axis=1)) / D + eps)[:, None]
-    hat_even = even * inv_rms
-    hat_odd = odd * inv_rms
-    angle = rows[:, None] * (D // 2) + pairs[None, :]
-    cos = tl.load(COS + angle, mask=mask, other=0.0)
-    sin = tl.load(SIN + angle, mask=mask, other=0.0)
+    hat_even, hat_odd, inv_rms, w_even, w_odd, cos, sin, mask = _normalised_pairs(
+        X, W, COS, SIN, bh, rows, pairs, HEADS, N, stride_b, stride_h, stride_n, eps, D
+    )
     grad = DOUT + (bh * N + rows[:, None]) * D + 2 * pairs[None, :]
     g_even = tl.load(grad, mask=mask, other=0.0).to(tl.float32)
     g_odd = tl.load(grad + 1, mask=mask, other=0.0).to(tl.float32)
     # The rotation's transpose takes the gradient back to the normed, weighted values.
     gn_even = g_even * cos + g_odd * sin
     gn_odd = g_odd * cos - g_even * sin
-    w_even = tl.load(W + 2 * pairs, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
-    w_odd = tl.load(W + 2 * pairs + 1, mask=pair_ok, other=0.0).to(tl.float32)[None, :]
     dhat_even = gn_even * w_even
     dhat_odd = gn_odd * w_odd
     mean_dot = ((tl.sum(dhat_even * hat_even, axis=1) + tl.sum(dhat_odd * hat_odd, axis=1)) / D)[:, None]
@@ -238,6 +236,7 @@ def _rms_norm_rope_bwd(
     tl.store(dst, (inv_rms * (dhat_even - hat_even * mean_dot)).to(DX.dtype.element_ty), mask=mask)
     tl.store(dst + 1, (inv_rms * (dhat_odd - hat_odd * mean_dot)).to(DX.dtype.element_ty), mask=mask)
     partial = DW_PARTIAL + (bh * tl.num_programs(1) + block) * D + 2 * pairs
+    pair_ok = pairs < D // 2
     tl.store(partial, tl.sum(gn_even * hat_even, axis=0), mask=pair_ok)
     tl.store(partial + 1, tl.sum(gn_odd * hat_odd, axis=0), mask=pair_ok)
 
