@@ -224,8 +224,7 @@ def attach_lora(dit, path: Path) -> None:
 
 
 def run_generate(args: argparse.Namespace, _: list[str]) -> int:
-    from tqdm import tqdm
-
+    from mugv.utils.progress import progress_bar
     from mugv.video.writer import write_mp4
 
     try:
@@ -240,7 +239,7 @@ def run_generate(args: argparse.Namespace, _: list[str]) -> int:
     for req in requests:
         out = args.out if single else args.out / f"{req.name}.mp4"
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tqdm(total=req.steps, desc=req.name or "sampling", unit="step") as bar:
+        with progress_bar(req.steps, desc=req.name or "sampling", unit="step") as bar:
             video = generator.generate(req, progress=lambda _: bar.update(1))
         write_mp4(out, video.frames, fps=req.fps)
         kind = "I2V" if req.image is not None else ("continuation" if req.video is not None else "T2V")

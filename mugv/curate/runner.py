@@ -278,9 +278,9 @@ def _part_path(parts: Path, vid: str, item: InputItem) -> Path:
 def _progress(total: int, done: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from mugv.utils.progress import progress_bar
 
-    return tqdm(total=total, initial=done, unit="video", desc="curate")
+    return progress_bar(total, initial=done, unit="video", desc="curate")
 
 
 def _execute(pending: list[tuple[str, InputItem]], cfg: CurateConfig) -> Iterator[tuple[str, list[dict]]]:

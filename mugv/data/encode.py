@@ -27,7 +27,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -321,7 +320,7 @@ def _worker_entry(opts: EncodeOptions, worker: int, workers: int, progress_queue
 
 def run_encode(opts: EncodeOptions) -> EncodeSummary:
     """Encode every kept row of `opts.manifest` into shards under `opts.out`; returns a summary."""
-    from tqdm import tqdm
+    from mugv.utils.progress import progress_bar
 
     rows, _ = read_manifest(opts.manifest)
     total = min(len(rows), opts.limit) if opts.limit else len(rows)
@@ -329,7 +328,7 @@ def run_encode(opts: EncodeOptions) -> EncodeSummary:
     fs, out = split_url(opts.out)
     if fs.exists(f"{out}/{INDEX_NAME}"):  # rebuilt at the end; until then readers use the sidecars
         fs.rm(f"{out}/{INDEX_NAME}")
-    bar = tqdm(total=total, desc="encode", unit="clip", disable=not opts.progress, file=sys.stderr)
+    bar = progress_bar(total, desc="encode", unit="clip", enabled=opts.progress)
     if opts.workers <= 1:
         class _Bar:
             def put(self, n: int) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from mugv.config import LoggingConfig
+from mugv.utils.progress import progress_bar
 
 
 def format_metrics(step: int, total: int, m: dict[str, float]) -> str:
@@ -24,7 +23,7 @@ class RunLogger:
         self.run_dir = run_dir
         self.cfg = cfg
         self.total = total_steps
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        self.bar = progress_bar(total_steps, initial=start_step, enabled=cfg.progress, desc="train", unit="step")
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
         self.writer = None
         if cfg.tensorboard:
@@ -39,7 +38,7 @@ class RunLogger:
         self.close()
 
     def message(self, text: str) -> None:
-        tqdm.write(text) if self.cfg.progress else print(text, flush=True)
+        self.bar.write(text) if self.cfg.progress else print(text, flush=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.bar.update(1)

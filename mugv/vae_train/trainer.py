@@ -339,6 +339,6 @@ def _tensorboard(run_dir: Path):
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
+    from mugv.utils.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="vae train", unit="step", dynamic_ncols=True)
+    return progress_bar(total, initial=initial, enabled=enabled, desc="vae train", unit="step")
