@@ -112,20 +112,43 @@ def _selective_policy():
     return policy
 
 
+# Functions of ours around `checkpoint`, not partials of it: Dynamo skips frames that start in
+# torch/utils/checkpoint.py, so a compiled block would otherwise run eagerly; from here it traces
+# the checkpoint as a higher-order op with the block inside.
+def _checkpoint_full(inner, *args, **kwargs):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+
+def _selective_contexts():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_selective_policy())
+
+
+def _checkpoint_selective(inner, *args, **kwargs):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(inner, *args, use_reentrant=False, context_fn=_selective_contexts, **kwargs)
+
+
 def apply_activation_checkpointing(blocks, mode: str) -> None:
     """Recompute each block in the backward: `full` keeps only its input; `selective` also keeps
     the matmul and attention outputs (recomputes the cheap elementwise work). Names unchanged."""
     if mode == "none":
         return
-    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
-
+    wrapper = _checkpoint_full if mode == "full" else _checkpoint_selective
     for block in blocks:
-        inner = block.forward
-        if mode == "full":
-            block.forward = functools.partial(checkpoint, inner, use_reentrant=False)
-        else:
-            contexts = functools.partial(create_selective_checkpoint_contexts, _selective_policy())
-            block.forward = functools.partial(checkpoint, inner, use_reentrant=False, context_fn=contexts)
+        block.forward = functools.partial(wrapper, block.forward)
+
+
+def apply_block_transforms(blocks, cfg: ParallelConfig) -> None:
+    """Activation checkpointing, then compile, per block: the same in one process as under torchrun."""
+    apply_activation_checkpointing(blocks, cfg.activation_checkpointing)
+    if cfg.compile:
+        for block in blocks:
+            block.compile()
 
 
 def apply_fsdp(model: nn.Module, blocks, plan: ParallelPlan, cfg: ParallelConfig) -> None:
@@ -166,10 +189,7 @@ def parallelize_dit(
         plan.tp_sharded = {n for n, p in model.named_parameters() if isinstance(p, DTensor)}
     if dims.sequence_split > 1:
         _install_sequence_split(model, blocks, plan, split_tokens)
-    apply_activation_checkpointing(blocks, cfg.activation_checkpointing)
-    if cfg.compile:
-        for block in blocks:
-            block.compile()
+    apply_block_transforms(blocks, cfg)
     if dims.fsdp_enabled:
         apply_fsdp(model, blocks, plan, cfg)
     return plan

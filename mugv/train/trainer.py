@@ -102,6 +102,7 @@ class Trainer:
     ):
         self.cfg = cfg
         # Under torchrun (WORLD_SIZE > 1): process group, mesh and parallelized model; else None.
+        from mugv.distributed.parallelize import apply_block_transforms
         from mugv.distributed.runtime import init_distributed
 
         self.dist = init_distributed(cfg)
@@ -119,6 +120,8 @@ class Trainer:
                               "parallelism, or average checkpoints afterwards with `mugv ema ensemble`")
         if self.dist:
             self.dist.parallelize(self.model)
+        else:  # one process is a trivial mesh: checkpointing and compile apply all the same
+            apply_block_transforms(list(self.model.blocks), cfg.parallel)
         self.data = data or (self.dist.data_source() if self.dist else build_data_source(cfg))
         self.curriculum = Curriculum(cfg)
         self.samples_seen = 0
