@@ -156,7 +156,10 @@ def apply_fsdp(model: nn.Module, blocks, plan: ParallelPlan, cfg: ParallelConfig
 
     dims, mesh = plan.dims, plan.mesh
     dp_mesh = mesh["dp_replicate", "dp_shard_cp"] if dims.dp_replicate > 1 else mesh["dp_shard_cp"]
-    mp = MixedPrecisionPolicy(param_dtype=DTYPES[cfg.param_dtype], reduce_dtype=DTYPES[cfg.reduce_dtype])
+    # The model casts its own inputs to the compute dtype; FSDP's input cast would also round the
+    # raw timestep (0..1000) and the RoPE tables to bf16.
+    mp = MixedPrecisionPolicy(param_dtype=DTYPES[cfg.param_dtype], reduce_dtype=DTYPES[cfg.reduce_dtype],
+                              cast_forward_inputs=False)
     for block in blocks:
         fully_shard(block, mesh=dp_mesh, mp_policy=mp)
     fully_shard(model, mesh=dp_mesh, mp_policy=mp)

@@ -351,9 +351,9 @@ class MUGDiT(nn.Module):
         dtype = self.x_embedder.proj.weight.dtype
         b = x.shape[0]
         tokens = self.x_embedder(x.to(dtype))
-        tokens = torch.cat(
-            [self.start_token.expand(b, 1, -1), tokens, self.end_token.expand(b, 1, -1)], dim=1
-        )
+        # in the patch tokens' dtype: under autocast fp32 start/end tokens would promote the stream
+        start, end = (token.to(tokens.dtype).expand(b, 1, -1) for token in (self.start_token, self.end_token))
+        tokens = torch.cat([start, tokens, end], dim=1)
         return self.condition(x.shape, timestep, text, fps=fps, text_mask=text_mask, frame_mask=frame_mask,
                               dtype=dtype, tokens=tokens)
 
