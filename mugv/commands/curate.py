@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     cfg = load_config(args.config, overrides, cls=CurateConfig)
     result = run_curation(args.input, args.out, cfg)
     print(result.summary)
-    print(f"manifest: {result.manifest} ({result.videos_processed} videos processed in {result.seconds:.1f} s)")
+    print(f"manifest: {result.manifest} ({result.files_processed} files processed in {result.seconds:.1f} s)")
     return 0
 
 

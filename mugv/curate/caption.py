@@ -7,6 +7,7 @@ otherwise the configured captioner writes one:
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from mugv.config import ConfigError
 from mugv.video import resize_short_side, sample_indices
+from mugv.video.reader import is_media_path
 
 DEFAULT_PROMPT = (
     "Describe this video in detail: the main objects and people, their appearance, their motion, "
@@ -131,6 +133,12 @@ def sidecar_caption(video_path: str) -> str:
     """The text of `VIDEO.txt` beside the video, if there is one."""
     sidecar = Path(video_path).with_suffix(".txt")
     return sidecar.read_text(errors="replace").strip() if sidecar.is_file() else ""
+
+
+def is_caption_sidecar(path: str) -> bool:
+    """Whether `path` is the `VIDEO.txt` of a video beside it (read as that video's caption)."""
+    text = Path(path)
+    return text.suffix == ".txt" and any(is_media_path(p) for p in text.parent.glob(glob.escape(text.stem) + ".*"))
 
 
 def caption_clip(cfg: CaptionConfig, frames: np.ndarray, context: dict, existing: str = "") -> tuple[str, str]:

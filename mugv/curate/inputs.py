@@ -1,14 +1,16 @@
-"""What to curate: a folder (searched recursively), a text file of paths, or a CSV/Parquet table
-with a `path` column and optional `caption`, `source` and `license` columns."""
+"""What to curate: a folder (searched recursively: every file in it, video or not, so that each
+one is accounted for in the manifest), a text file of paths, or a CSV/Parquet table with a `path`
+column and optional `caption`, `source` and `license` columns. Paths come out absolute, so a
+manifest works from any directory."""
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mugv.config import ConfigError
-from mugv.video.reader import is_media_path
 
 CARRIED_COLUMNS = ("caption", "source", "license")
 
@@ -24,7 +26,7 @@ class InputItem:
 def read_inputs(spec: str | Path) -> list[InputItem]:
     root = Path(spec)
     if root.is_dir():
-        return [InputItem(str(p)) for p in sorted(root.rglob("*")) if p.is_file() and is_media_path(p)]
+        return [InputItem(os.path.abspath(p)) for p in sorted(root.rglob("*")) if p.is_file()]
     if not root.is_file():
         raise ConfigError(f"input {root} is neither a folder nor a file")
     suffix = root.suffix.lower()
@@ -38,7 +40,7 @@ def read_inputs(spec: str | Path) -> list[InputItem]:
         return _from_rows(pq.read_table(root).to_pylist(), root)
     # A list of paths, one a line; relative paths are relative to the list's folder.
     lines = [line.strip() for line in root.read_text().splitlines()]
-    return [InputItem(str(_resolve(line, root))) for line in lines if line and not line.startswith("#")]
+    return [InputItem(_resolve(line, root)) for line in lines if line and not line.startswith("#")]
 
 
 def _from_rows(rows: list[dict], table: Path) -> list[InputItem]:
@@ -47,10 +49,10 @@ def _from_rows(rows: list[dict], table: Path) -> list[InputItem]:
     items = []
     for row in rows:
         extras = {k: "" if row.get(k) is None else str(row.get(k)) for k in CARRIED_COLUMNS}
-        items.append(InputItem(str(_resolve(str(row["path"]), table)), **extras))
+        items.append(InputItem(_resolve(str(row["path"]), table), **extras))
     return items
 
 
-def _resolve(path: str, listing: Path) -> Path:
-    candidate = Path(path).expanduser()
-    return candidate if candidate.is_absolute() else listing.parent / candidate
+def _resolve(path: str, listing: Path) -> str:
+    """`path` made absolute; a relative one is relative to the list's or table's folder."""
+    return os.path.abspath(listing.parent / Path(path).expanduser())

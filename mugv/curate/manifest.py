@@ -1,5 +1,6 @@
-"""The clip manifest: `DIR/manifest.parquet`, one row per candidate clip (or one row per video
-that yielded no candidate, with `clip_index = -1`), every score, `status` and all reasons."""
+"""The clip manifest: `DIR/manifest.parquet`, one row per candidate clip (or one row per input
+file that yielded no candidate, with `clip_index = -1`: a broken video, or a file that is not a
+video), every score, `status` and all reasons. `path` is absolute, so readers need no folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ MANIFEST_SCHEMA = pa.schema(
     [
         ("clip_id", pa.string()),  # "<video_id>-<clip_index>"
         ("video_id", pa.string()),  # hash of the source path, size and modification time
-        ("path", pa.string()),
+        ("path", pa.string()),  # absolute
         ("source", pa.string()),  # carried from the input table
         ("license", pa.string()),  # carried from the input table
         ("input_caption", pa.string()),  # carried from the input table
@@ -91,23 +92,24 @@ def reasons_of(row: dict) -> list[str]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """Counts and seconds of clips kept and rejected, by reason (a clip with several reasons is
-    counted under each), plus the number of videos."""
+    """Counts and seconds of clips kept and rejected, by reason (a row with several reasons is
+    counted under each), plus the number of input files. `rejected` counts every rejected row:
+    candidate clips and the files that yielded none."""
     clips = [r for r in rows if r["clip_index"] >= 0]
     kept = [r for r in clips if r["status"] == KEPT]
+    whole_files = sum(1 for r in rows if r["clip_index"] < 0)
     by_reason: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     for row in rows:
         for reason in reasons_of(row):
             by_reason[reason] += 1
             seconds[reason] += row["duration"] or 0.0
-    videos = len({r["video_id"] for r in rows})
-    failed_videos = sum(1 for r in rows if r["clip_index"] < 0)
+    files = len({r["video_id"] for r in rows})
     lines = [
-        f"videos: {videos} ({failed_videos} without any candidate clip)",
+        f"files: {files} ({whole_files} without any candidate clip)",
         (
             f"candidate clips: {len(clips)}   kept: {len(kept)} ({sum(r['duration'] for r in kept):.1f} s)"
-            f"   rejected: {len(clips) - len(kept)}"
+            f"   rejected: {len(rows) - len(kept)} ({len(clips) - len(kept)} clips, {whole_files} files)"
         ),
         f"{'reason':<24}{'rows':>8}{'seconds':>10}",
     ]

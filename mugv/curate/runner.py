@@ -28,6 +28,7 @@ from mugv.curate.inputs import InputItem, read_inputs
 from mugv.curate.manifest import KEPT, REJECTED, complete, read_rows, summary_table, write_rows
 from mugv.curate.screen import screen_decoded_duration, screen_info, screen_table
 from mugv.video import VideoError, VideoReader, YuvFrames
+from mugv.video.reader import is_media_path
 
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "summary.txt"
@@ -40,7 +41,7 @@ class CurateResult:
     rows: list[dict]
     manifest: Path
     summary: str
-    videos_processed: int  # in this run; the rest were resumed from earlier parts
+    files_processed: int  # input files curated in this run; the rest were resumed from earlier parts
     seconds: float
 
 
@@ -96,6 +97,9 @@ def _video_row(base: dict, reason: str, error: str = "", **fields) -> dict:
 
 
 def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
+    if not is_media_path(Path(item.path)):  # judged by its extension, never opened
+        used = cfg.caption.use_existing and caption.is_caption_sidecar(item.path)
+        return [_video_row(base, "caption_sidecar" if used else "not_a_video")]
     if reason := screen_table(cfg.screen, item.source, item.license):
         return [_video_row(base, reason)]
     try:
@@ -243,7 +247,9 @@ def run_curation(input_spec: str | Path, out_dir: str | Path, cfg: CurateConfig)
     parts = out / "parts" / per_video_settings(cfg)
     parts.mkdir(parents=True, exist_ok=True)
     (out / "curate.toml").write_text(to_toml(cfg))
-    items = list({video_id(i.path): i for i in read_inputs(input_spec)}.items())
+    # Every input file gets rows, except what this run writes when --out lies inside the input.
+    inputs = [i for i in read_inputs(input_spec) if not Path(i.path).is_relative_to(os.path.abspath(out))]
+    items = list({video_id(i.path): i for i in inputs}.items())
     pending = [(vid, item) for vid, item in items if not (cfg.run.resume and _part_path(parts, vid, item).is_file())]
     by_id = dict(items)
 

@@ -6,6 +6,7 @@ duplicates). `corpus.csv` is the curation input table (path, caption, source, li
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,9 @@ class CorpusSpec:
 
 
 def build_corpus(out: Path, train_scenes: list[Scene], spec: CorpusSpec, real_clips: list[str]) -> Path:
-    """Write the corpus under `out`; return its input table `out/corpus.csv` (truth: `out/truth.csv`)."""
+    """Write the corpus under `out`; return its input table `out/corpus.csv` (truth: `out/truth.csv`).
+    Paths are written absolute, as the curation manifest stores them, so the two join on `path`."""
+    out = Path(os.path.abspath(out))
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(spec.seed)

@@ -1,5 +1,5 @@
 """The curate runner end to end on synthetic videos with known cuts, blur, stills, text and a
-duplicate; resume; table inputs; the CLI; the process pool."""
+duplicate, beside files that are not videos; resume; table inputs; the CLI; the process pool."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from curate_testing import FPS, curate_config, shot
 from mugv.cli import main
 from mugv.curate.manifest import COLUMNS
 from mugv.curate.runner import run_curation
+from mugv.data.encode import load_frames, read_manifest
+from mugv.vae_train.data import discover
 from mugv.video import synthetic, write_mp4
 
 
@@ -32,7 +34,8 @@ def corpus(tmp_path_factory, shots):
     (folder / "sub").mkdir()
     write_mp4(folder / "sub" / "pan.mp4", shot(14, frames=60, speed=3.0), FPS)
     (folder / "sub" / "pan.txt").write_text("A man rides a bicycle down a city street.")
-    (folder / "notes.md").write_text("not a video, and not picked up by the folder scan")
+    (folder / "notes.md").write_text("not a video, but a file of the input all the same")
+    synthetic.write_audio_only(folder / "sub" / "voice.m4a")
     return folder
 
 
@@ -54,9 +57,19 @@ def test_manifest_has_one_row_per_candidate_with_all_columns(curated):
     table = pq.read_table(out / "manifest.parquet")
     assert table.column_names == COLUMNS and table.num_rows == len(result.rows)
     files = _by_file(result.rows)
-    assert sorted(files) == ["blur.mp4", "cuts.mp4", "dissolve.mp4", "nested_copy.mp4", "pan.mp4", "still.mp4", "text.mp4"]
+    assert sorted(files) == ["blur.mp4", "cuts.mp4", "dissolve.mp4", "nested_copy.mp4", "notes.md", "pan.mp4",
+                             "pan.txt", "still.mp4", "text.mp4", "voice.m4a"]
     for row in result.rows:
         assert row["status"] in ("kept", "rejected") and (row["status"] == "kept") == (row["reason"] == "")
+
+
+def test_every_input_file_is_accounted_for(corpus, curated):
+    """Every file under the input folder has rows, absolute paths; non-videos one rejected row each."""
+    result, _ = curated
+    assert {r["path"] for r in result.rows} == {str(p) for p in corpus.rglob("*") if p.is_file()}
+    files = _by_file(result.rows)
+    for name, reason in (("notes.md", "not_a_video"), ("voice.m4a", "not_a_video"), ("pan.txt", "caption_sidecar")):
+        assert [(r["clip_index"], r["status"], r["reason"]) for r in files[name]] == [(-1, "rejected", reason)], name
 
 
 def test_cuts_split_the_video_at_the_true_shot_changes(curated):
@@ -107,9 +120,13 @@ def test_captions_and_entities(curated):
 
 def test_summary_counts_reasons(curated):
     summary = curated[0].summary
-    assert "videos: 7" in summary and "duplicate" in summary and "blurry" in summary
+    assert "files: 10 (3 without any candidate clip)" in summary and "duplicate" in summary and "blurry" in summary
     kept = sum(1 for r in curated[0].rows if r["status"] == "kept")
-    assert f"kept: {kept}" in summary
+    rejected = [r for r in curated[0].rows if r["status"] == "rejected"]
+    clips = sum(1 for r in rejected if r["clip_index"] >= 0)
+    assert clips > 0 and f"kept: {kept} " in summary
+    assert f"rejected: {len(rejected)} ({clips} clips, 3 files)" in summary
+    assert "\nnot_a_video" in summary and "\ncaption_sidecar" in summary
     assert (curated[1] / "summary.txt").read_text().strip() == summary
 
 
@@ -118,20 +135,35 @@ def test_rerun_resumes_and_changed_settings_recompute(corpus, tmp_path):
     (videos / "sub").mkdir(parents=True)
     for name in ("blur.mp4", "cuts.mp4", "sub/pan.mp4", "sub/pan.txt"):
         (videos / name).write_bytes((corpus / name).read_bytes())
-    out = tmp_path / "out"
+    out = videos / "curated"  # inside the input: what the run writes there is not curated
     first = run_curation(videos, out, curate_config())
-    assert first.videos_processed == 3
+    assert first.files_processed == 4 and not any("curated" in r["path"] for r in first.rows)
     again = run_curation(videos, out, curate_config())
-    assert again.videos_processed == 0 and again.rows == first.rows
+    assert again.files_processed == 0 and again.rows == first.rows
     os.utime(videos / "blur.mp4", ns=(1, 1))  # a changed file is curated again
-    assert run_curation(videos, out, curate_config()).videos_processed == 1
+    assert run_curation(videos, out, curate_config()).files_processed == 1
     changed = run_curation(videos, out, curate_config("--sharpness.min_score=1"))
-    assert changed.videos_processed == 3
+    assert changed.files_processed == 4
     assert "blurry" not in _by_file(changed.rows)["blur.mp4"][0]["reason"]
     # dedup and balance settings apply to the whole manifest without re-decoding anything
     balanced = run_curation(videos, out, curate_config("--sharpness.min_score=1", "--balance.mix=['urban=1']"))
-    assert balanced.videos_processed == 0
+    assert balanced.files_processed == 0
     assert [os.path.basename(r["path"]) for r in balanced.rows if r["status"] == "kept"] == ["pan.mp4"]
+
+
+def test_a_manifest_written_from_relative_paths_is_read_from_another_directory(corpus, tmp_path, monkeypatch):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "cuts.mp4").write_bytes((corpus / "cuts.mp4").read_bytes())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run_curation("videos", "out", curate_config("--dedup.enabled=false"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    manifest = str(tmp_path / "out" / "manifest.parquet")
+    kept, _ = read_manifest(manifest)  # what `mugv encode` reads
+    assert len(kept) == 3 and all(os.path.isabs(r["path"]) for r in kept)
+    frames, _ = load_frames(kept[1], short_side=72)
+    assert frames.shape == (kept[1]["end_frame"] - kept[1]["start_frame"], 72, 96, 3)
+    assert discover([manifest]) == [tmp_path / "videos" / "cuts.mp4"]  # what `mugv vae train --source` reads
 
 
 def test_table_input_carries_columns_and_screens_licences(corpus, tmp_path):
@@ -186,7 +218,7 @@ def test_ray_backend_matches_the_process_pool(corpus, tmp_path, curated):
         result = run_curation(corpus, tmp_path, curate_config("--run.backend=ray", "--run.workers=2"))
     finally:
         ray.shutdown()
-    assert result.videos_processed == 7
+    assert result.files_processed == 10
 
     def outcome(rows):
         return [(r["path"], r["clip_index"], r["status"], r["reason"], r["caption"]) for r in rows]
@@ -200,7 +232,7 @@ def test_edited_table_columns_are_curated_again(corpus, tmp_path):
     first = run_curation(table, tmp_path / "out", curate_config())
     table.write_text(f"path,caption\n{corpus / 'sub' / 'pan.mp4'},a horse in a field\n")
     second = run_curation(table, tmp_path / "out", curate_config())
-    assert first.videos_processed == second.videos_processed == 1
+    assert first.files_processed == second.files_processed == 1
     assert (first.rows[0]["caption"], second.rows[0]["caption"]) == ("a cat on a sofa", "a horse in a field")
 
 
