@@ -76,6 +76,10 @@ class DynamicDegree:
         """Share of sampled pairs above the threshold: a graded version of `moving`."""
         return float(np.mean([s > self.threshold for s in self.pair_scores])) if self.pair_scores else 0.0
 
+    def detail(self) -> dict:
+        return {"moving_share": self.moving_share, "threshold_px": self.threshold, "pairs_needed": self.pairs_needed,
+                "pair_scores": [round(s, 3) for s in self.pair_scores]}
+
 
 def top_magnitude(flow: np.ndarray, share: float = 0.05) -> float:
     """Mean of the largest `share` of the flow magnitudes (VBench: int(H * W * 0.05) of them)."""
