@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from mugv.annotate import assign
 from mugv.annotate.campaign import Campaign, Item
@@ -29,3 +30,34 @@ def answer_with_judge(campaign: Campaign, store: AnswerStore, judge: Judge, seco
             recorded += store.record(assign.build_answer(campaign, annotator.name, payload))
     return recorded
 
+
+
+def judged_campaign(videos: list, out: Path, judge: Judge, mode: str = "sidebyside", annotators: int = 3,
+                    labels_per_item: int = 3, gold: int = 0, rounds: int = 1000, name: str = "judged") -> dict:
+    """Write a campaign of `videos` (campaign.Video entries, paths relative to `out`) under `out`, let
+    `judge` stand in for `annotators` people, and write the stats page (`out/stats.html`), its figures
+    (`out/stats.json`) and the exports (`out/export/`). Returns the figures, as `mugv annotate stats` does.
+
+    This is the demo's entry point: its synthetic judge answers as people would through the app."""
+    import json
+
+    from mugv.annotate import report, stats
+    from mugv.annotate.campaign import Annotator, CampaignFile, new_token, save_campaign
+    from mugv.annotate.degrade import add_gold
+    from mugv.annotate.export import export
+
+    out = Path(out)
+    spec = CampaignFile(name=name, mode=mode, labels_per_item=labels_per_item, lead_token=new_token(),
+                        annotators=[Annotator(name=f"judge{i + 1}", token=new_token()) for i in range(annotators)],
+                        videos=list(videos))
+    if gold:
+        add_gold(spec, out, gold)
+    campaign = save_campaign(spec, out / f"{name}.toml")
+    store = AnswerStore(campaign.default_db())
+    answer_with_judge(campaign, store, judge)
+    answers = store.answers()
+    figures = stats.compute(campaign, answers, rounds=rounds)
+    (out / "stats.json").write_text(json.dumps(figures, indent=1))
+    (out / "stats.html").write_text(report.render_html(figures))
+    export(campaign, answers, out / "export", stats=figures)
+    return figures

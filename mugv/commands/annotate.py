@@ -75,7 +75,11 @@ def _open(args: argparse.Namespace):
 
 
 def run_serve(args: argparse.Namespace, _: list[str]) -> int:
-    from mugv.annotate.server import make_server, urls
+    try:
+        from mugv.annotate.server import make_server, urls
+    except ImportError as exc:
+        raise SystemExit(f"mugv annotate serve needs fastapi and uvicorn ({exc}): "
+                         "pip install -c constraints.txt -e '.[annotate]'") from None
 
     campaign, store = _open(args)
     server, sock = make_server(campaign, store, args.host, args.port)

@@ -144,6 +144,7 @@ function refresh() {
   $("submit").disabled = !(open && complete()) || busy;
   $("watched").textContent = played.every(Boolean) ? "watched" : "not yet watched to the end";
   $("play").innerHTML = leader().paused ? "&#9654;" : "&#10074;&#10074;";
+  if (open && document.body.dataset.voting === "closed") status("");
   document.body.dataset.voting = open ? "open" : "closed";
 }
 
