@@ -160,7 +160,7 @@ class ParallelConfig:
     # Of the cp degree, this many ranks form the ring (ring attention); the rest split heads
     # (Ulysses all-to-all): cp = cp_ring x ulysses. cp_ring = cp is pure ring attention.
     cp_ring: int = 1
-    activation_checkpointing: Literal["none", "selective", "full"] = "none"
+    activation_checkpointing: Literal["none", "attention", "selective", "full"] = "none"
     compile: bool = False
     # FSDP2 mixed precision: dtype of the unsharded compute parameters and of the gradient
     # reduction; the sharded master weights and the optimizer state stay float32.

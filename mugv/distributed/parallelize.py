@@ -94,22 +94,30 @@ def _swap_attention(blocks, layout: SequenceLayout, dims: ParallelDims, mesh) ->
         block.attn.core_attention = attention
 
 
-def _selective_policy():
-    from torch.utils.checkpoint import CheckpointPolicy
+def _sdpa_ops() -> set:
+    """Every fused SDPA kernel's op, cuDNN's included (recent CUDA builds pick it first on H100/H200)."""
+    names = ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+    return {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
 
-    keep = {
-        torch.ops.aten.mm.default,
-        torch.ops.aten.addmm.default,
-        torch.ops.aten.bmm.default,
-        torch.ops.aten._scaled_dot_product_flash_attention.default,
-        torch.ops.aten._scaled_dot_product_efficient_attention.default,
-        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
-    }
+
+def _save_policy(keep: set):
+    from torch.utils.checkpoint import CheckpointPolicy
 
     def policy(ctx, op, *args, **kwargs):
         return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
 
     return policy
+
+
+# What each selective mode keeps: `selective` every matmul and attention output (cheap
+# recompute, but about 13 hidden-sized units per token per block); `attention` only the
+# attention outputs, the most expensive op to redo (+1 unit per block), recomputing the rest.
+SAVED_OPS = {
+    "selective": lambda: _sdpa_ops() | {torch.ops.aten.mm.default, torch.ops.aten.addmm.default,
+                                        torch.ops.aten.bmm.default},
+    "attention": _sdpa_ops,
+}
 
 
 # Functions of ours around `checkpoint`, not partials of it: Dynamo skips frames that start in
@@ -121,26 +129,37 @@ def _checkpoint_full(inner, *args, **kwargs):
     return checkpoint(inner, *args, use_reentrant=False, **kwargs)
 
 
-def _selective_contexts():
+def _selective_contexts(mode: str):
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-    return create_selective_checkpoint_contexts(_selective_policy())
+    return create_selective_checkpoint_contexts(_save_policy(SAVED_OPS[mode]()))
 
 
 def _checkpoint_selective(inner, *args, **kwargs):
     from torch.utils.checkpoint import checkpoint
 
-    return checkpoint(inner, *args, use_reentrant=False, context_fn=_selective_contexts, **kwargs)
+    return checkpoint(inner, *args, use_reentrant=False,
+                      context_fn=functools.partial(_selective_contexts, "selective"), **kwargs)
+
+
+def _checkpoint_attention(inner, *args, **kwargs):
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(inner, *args, use_reentrant=False,
+                      context_fn=functools.partial(_selective_contexts, "attention"), **kwargs)
+
+
+CHECKPOINT_WRAPPERS = {"full": _checkpoint_full, "selective": _checkpoint_selective,
+                       "attention": _checkpoint_attention}
 
 
 def apply_activation_checkpointing(blocks, mode: str) -> None:
-    """Recompute each block in the backward: `full` keeps only its input; `selective` also keeps
-    the matmul and attention outputs (recomputes the cheap elementwise work). Names unchanged."""
+    """Recompute each block in the backward: `full` keeps only its input; `selective` and
+    `attention` also keep the outputs of SAVED_OPS[mode]. Parameter names are unchanged."""
     if mode == "none":
         return
-    wrapper = _checkpoint_full if mode == "full" else _checkpoint_selective
     for block in blocks:
-        block.forward = functools.partial(wrapper, block.forward)
+        block.forward = functools.partial(CHECKPOINT_WRAPPERS[mode], block.forward)
 
 
 def apply_block_transforms(blocks, cfg: ParallelConfig) -> None:

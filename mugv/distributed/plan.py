@@ -23,8 +23,9 @@ GIB = 2**30
 # attention out 1, gate + residual 2, cross norm 1, cross q 1, cross attention out 1, MLP norm 1,
 # modulate 1, fc1 4, GELU 4, gate + residual 2 = 26. `selective` keeps the matmul and attention
 # outputs (qkv 3, attention 1, proj 1, cross q 1, cross attention 1, cross proj 1, fc1 4, fc2 1
-# = 13); `full` keeps the block input (1) and recomputes one block at a time.
-SAVED_PER_BLOCK = {"none": 26, "selective": 13, "full": 1}
+# = 13); `attention` keeps the block input and the two attention outputs (3); `full` keeps the
+# block input (1) and recomputes one block at a time.
+SAVED_PER_BLOCK = {"none": 26, "selective": 13, "attention": 3, "full": 1}
 
 
 @dataclass

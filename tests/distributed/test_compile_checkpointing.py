@@ -30,7 +30,7 @@ def loss_and_grads(model, args, kwargs):
     return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("mode", ["none", "full", "selective"])
+@pytest.mark.parametrize("mode", ["none", "full", "selective", "attention"])
 def test_every_checkpointing_mode_compiles_the_blocks(mode, monkeypatch):
     from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -56,3 +56,23 @@ def test_every_checkpointing_mode_compiles_the_blocks(mode, monkeypatch):
     torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=0)
     for grad, eager in zip(grads, eager_grads):
         torch.testing.assert_close(grad, eager, rtol=1e-4, atol=1e-4 * eager.abs().max().item() + 1e-12)
+
+
+@pytest.mark.parametrize("mode, recomputed", [("full", True), ("attention", False), ("none", False)])
+def test_attention_checkpointing_does_not_recompute_attention(mode, recomputed):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountAttention(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in func.__name__ and "backward" not in func.__name__:
+                CountAttention.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    model, args, kwargs = model_and_inputs()
+    apply_block_transforms(list(model.blocks), ParallelConfig(activation_checkpointing=mode))
+    loss = model(*args, **kwargs).square().mean()
+    with CountAttention():
+        loss.backward()
+    assert (CountAttention.calls > 0) == recomputed
