@@ -42,6 +42,32 @@ def test_image_is_one_latent_frame_equal_to_first_latent_of_clip(tiny_vae):
     assert not torch.allclose(clip_latent[:, :, 1], clip_latent[:, :, 0])
 
 
+def test_zero_padding_and_its_crop_sit_at_the_front_of_the_last_chunk(tiny_vae):
+    # 50 frames: the first 48-frame chunk is encoded unpadded (exactly as 48 frames alone), the
+    # last 2 frames get 6 zero frames in front of them; decode drops those 6 and nothing else.
+    video = random_video(50, 8, 8, seed=6)
+    with torch.no_grad():
+        z = tiny_vae.encode(video)
+        assert_close_to_scale(z[:, :, :6], tiny_vae.encode(video[:, :, :48]))
+        whole, cropped = tiny_vae.decode(z), tiny_vae.decode(z, num_frames=50)
+    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
+    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:])
+
+
+def test_release_crop_past_one_chunk_keeps_frame_zero_copies(tiny_vae):
+    # 57 frames = 7 copies of frame 0 + 57 frames in chunks of 48 + 16. The release's decode
+    # crops at the front of the last chunk: it keeps the copies and drops frames 41..47.
+    # Training (forward) crops the copies instead, so frame i reconstructs frame i.
+    video = random_video(57, 8, 8, seed=7)
+    with torch.no_grad():
+        z = tiny_vae.encode(video)
+        whole, cropped = tiny_vae.decode(z), tiny_vae.decode(z, num_frames=57)
+        recon, _ = tiny_vae(video, sample=False)
+    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
+    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 55:])
+    assert_close_to_scale(recon, whole[:, :, 7:])
+
+
 def test_decode_rejects_frame_counts_the_latents_cannot_hold(tiny_vae):
     z = torch.randn(1, 24, 2, 2, 2)
     with pytest.raises(ValueError, match="not 8"):
@@ -58,7 +84,8 @@ def test_bad_input_shapes_are_rejected(tiny_vae):
 
 
 def test_time_chunked_encode_equals_whole_clip(tiny_vae):
-    # Frame groups are encoded independently, so chunking the encoder in time is exact.
+    # Frame groups are encoded independently, so chunking the encoder in time is exact (at 1 mod
+    # 8 frames; at other lengths the chunk length decides where the zero padding goes).
     video = random_video(33, 16, 16, seed=4)
     whole = clone_with(tiny_vae, encode_chunk_frames=0)
     chunked = clone_with(tiny_vae, encode_chunk_frames=8)

@@ -3,6 +3,7 @@ import torch
 
 from mugv.models.vae.tiling import blend_tiles, tile_spans
 
+from numerics_testing import assert_close_to_scale
 from vae_testing import clone_with, moving_square, random_video
 
 
@@ -50,6 +51,17 @@ def test_tiled_vae_covers_uneven_frames(tiny_vae):
     assert out.shape == video.shape and torch.isfinite(out).all()
     # Random weights are not local, so values differ; this only checks the tiled path ran.
     assert not torch.allclose(z, z_untiled)
+
+
+def test_tiled_decode_crops_time_padding_where_untiled_does(tiny_vae):
+    # 50 frames: the 6 padding frames sit at the front of the last 48-frame chunk, tile by tile.
+    tiled = clone_with(tiny_vae, tile_size=32, tile_overlap=16)
+    z = torch.randn(1, 24, 7, 5, 4, generator=torch.Generator().manual_seed(8))  # 2 tiles
+    with torch.no_grad():
+        whole, cropped = tiled.decode(z), tiled.decode(z, num_frames=50)
+    assert cropped.shape == (1, 3, 50, 40, 32)
+    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
+    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:])
 
 
 def test_tiled_agrees_with_untiled_on_the_trained_tiny_vae():

@@ -8,9 +8,11 @@ Pixels in [-1, 1], shape (B, 3, T, H, W). Two stages (MUGV-SPEC section 3):
    ``temporal_factor`` frames (one latent frame per group) and a 3D-conv decoder over whole
    latent chunks.
 
-A clip whose length is 1 mod 8 gets its first frame replicated at the front so that frame 0 is
-its own group; an image is therefore one latent frame. Other lengths that are not multiples of 8
-are zero-padded at the front (in spatial-feature space), as the release does.
+Time padding follows the release exactly (docs/vae.md has the table): a clip whose length is 1
+mod 8 gets its first frame replicated 7 times at the front, so that frame 0 is its own group (an
+image is one latent frame); any other length that is not a multiple of 8 is zero-padded (in
+spatial-feature space) at the front of its last 48-frame encode chunk. `decode(z, num_frames)`
+crops the padding from the front of the last chunk, as the release does, for every length.
 
 Entry points: :meth:`MUGVideoVAE.forward` (training: whole clip, raw latents, posterior), and
 :meth:`MUGVideoVAE.encode` / :meth:`MUGVideoVAE.decode` (inference: chunked in time, optionally
@@ -307,6 +309,13 @@ class TemporalDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
+def _drop_frames(x: Tensor, frames: slice) -> Tensor:
+    """(B, C, T, H, W) without the frames in `frames`."""
+    if frames.start == frames.stop:
+        return x
+    return torch.cat([x[:, :, : frames.start], x[:, :, frames.stop :]], dim=2)
+
+
 def _depth_to_time(x: Tensor) -> Tensor:
     """(B, 2C, T, H, W) -> (B, C, 2T, H, W); channel 2c + k becomes frame 2t + k of channel c."""
     b, c2, t, h, w = x.shape
@@ -379,18 +388,35 @@ class MUGVideoVAE(nn.Module):
         frames = torch.cat([self.spatial.decode(flat[i : i + step]) for i in range(0, flat.shape[0], step)])
         return frames.view(b, t, *frames.shape[1:]).transpose(1, 2)
 
-    def _pad_time(self, feats: Tensor) -> Tensor:
-        """Bring the frame count to a multiple of the group size: replicate frame 0 for 1 mod
-        group (so it is its own group), else zero-pad at the front."""
-        t, group = feats.shape[2], self.cfg.temporal_factor
-        pad = -t % group
-        if pad == 0:
-            return feats
-        if t % group == 1:
-            front = feats[:, :, :1].expand(-1, -1, pad, -1, -1)
+    def _last_chunk_start(self, latent_frames: int) -> int:
+        """First (padded) frame of the last `encode_chunk_frames` chunk of a clip that has
+        `latent_frames` latent frames: where the release zero-pads and crops."""
+        chunk = self.cfg.encode_chunk_frames
+        if not chunk:
+            return 0
+        return chunk * ((latent_frames - 1) // (chunk // self.cfg.temporal_factor))
+
+    def _padding(self, num_frames: int) -> slice:
+        """The padding frames among the padded frames that encoding a clip of `num_frames` makes:
+        copies of frame 0 at the front for 1 mod group, else zeros at the front of the last chunk."""
+        group = self.cfg.temporal_factor
+        if num_frames % group == 1:
+            start = 0
         else:
-            front = feats.new_zeros(feats.shape[0], feats.shape[1], pad, *feats.shape[3:])
-        return torch.cat([front, feats], dim=2)
+            start = self._last_chunk_start(self.cfg.latent_frames(num_frames))
+        return slice(start, start + (-num_frames % group))
+
+    def _pad_time(self, feats: Tensor) -> Tensor:
+        """Bring the frame count to a multiple of the group size, as the release does."""
+        t = feats.shape[2]
+        padding = self._padding(t)
+        count = padding.stop - padding.start
+        if count == 0:
+            return feats
+        if t % self.cfg.temporal_factor == 1:
+            return torch.cat([feats[:, :, :1].expand(-1, -1, count, -1, -1), feats], dim=2)
+        zeros = feats.new_zeros(feats.shape[0], feats.shape[1], count, *feats.shape[3:])
+        return torch.cat([feats[:, :, : padding.start], zeros, feats[:, :, padding.start :]], dim=2)
 
     def spatial_features(self, video: Tensor) -> Tensor:
         """What the temporal half encodes: per-frame spatial features, padded in time to whole
@@ -412,39 +438,49 @@ class MUGVideoVAE(nn.Module):
 
     def encode_moments(self, video: Tensor) -> Tensor:
         """Raw posterior moments (B, 2 * latent, ceil(T / 8), H/8, W/8), in time chunks of
-        `encode_chunk_frames` (exact: groups are independent), untiled."""
+        `encode_chunk_frames` padded frames (groups are independent, so chunks only bound
+        memory; the chunk length does decide where zero padding goes), untiled."""
         feats = self.spatial_features(video)
         chunk = self.cfg.encode_chunk_frames or feats.shape[2]
         chunks = [self.temporal.encode(feats[:, :, i : i + chunk]) for i in range(0, feats.shape[2], chunk)]
         return torch.cat(chunks, dim=2)
 
-    def decode_raw(self, z: Tensor, num_frames: int | None = None) -> Tensor:
-        """Raw latents -> pixels, in chunks of `decode_chunk_latents` latent frames (no overlap,
-        as released), untiled. Padding frames at the front are cropped to `num_frames`."""
+    def _decode_time(self, z: Tensor) -> Tensor:
+        """Raw latents -> spatial features of all 8 frames per latent frame, in chunks of
+        `decode_chunk_latents` latent frames (no overlap, as released)."""
         chunk = self.cfg.decode_chunk_latents or z.shape[2]
-        feats = torch.cat([self.temporal.decode(z[:, :, i : i + chunk]) for i in range(0, z.shape[2], chunk)], dim=2)
+        return torch.cat([self.temporal.decode(z[:, :, i : i + chunk]) for i in range(0, z.shape[2], chunk)], dim=2)
+
+    def decode_raw(self, z: Tensor, num_frames: int | None = None) -> Tensor:
+        """Raw latents -> pixels, untiled. With `num_frames`, the padding frames are cropped from
+        the front of the last `encode_chunk_frames` chunk, as the release crops them."""
+        feats = self._decode_time(z)
         if num_frames is not None:
-            feats = feats[:, :, self._front_crop(z.shape[2], num_frames) :]
+            self._check_frame_count(z.shape[2], num_frames)
+            start = self._last_chunk_start(z.shape[2])
+            feats = _drop_frames(feats, slice(start, start + feats.shape[2] - num_frames))
         return self._spatial_decode(feats)
 
-    def _front_crop(self, latent_frames: int, num_frames: int) -> int:
+    def _check_frame_count(self, latent_frames: int, num_frames: int) -> None:
         group = self.cfg.temporal_factor
         decoded = latent_frames * group
         if not decoded - group < num_frames <= decoded:
             raise ValueError(
                 f"{latent_frames} latent frames decode to {decoded - group + 1}..{decoded} frames, not {num_frames}"
             )
-        return decoded - num_frames
 
     # ----- training --------------------------------------------------------------------------
 
     def forward(
         self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None
     ) -> tuple[Tensor, DiagonalGaussian]:
-        """Reconstruct a clip through raw (unnormalised) latents; returns (recon, posterior)."""
+        """Reconstruct a clip through raw (unnormalised) latents; returns (recon, posterior).
+        The padding is cropped where encoding put it, so recon[:, :, i] reconstructs frame i even
+        where the release's `decode` crop would not (1 mod 8 frames past one chunk)."""
         posterior = DiagonalGaussian(self.encode_moments(video))
         z = posterior.sample(generator) if sample else posterior.mode()
-        return self.decode_raw(z, num_frames=video.shape[2]), posterior
+        feats = _drop_frames(self._decode_time(z), self._padding(video.shape[2]))
+        return self._spatial_decode(feats), posterior
 
     # ----- inference -------------------------------------------------------------------------
 
@@ -473,7 +509,9 @@ class MUGVideoVAE(nn.Module):
 
     def decode(self, z: Tensor, num_frames: int | None = None) -> Tensor:
         """Normalised latents -> pixels. `num_frames` defaults to 8 per latent frame; any count
-        the latents can hold (e.g. 8n + 1 after encoding 8n + 1 frames) crops the front."""
+        the latents can hold (8n - 7 .. 8n for n latent frames) crops the padding from the front of
+        the last 48-frame chunk, as the release does (see docs/vae.md for 8n + 1 frames past one
+        chunk, where that crop keeps the copies of frame 0 and drops 7 real frames)."""
         raw = self.denormalize(z)
         tile, f = self.cfg.tile_size, self.cfg.spatial_factor
         if not tile or max(z.shape[-2:]) * f <= tile:
