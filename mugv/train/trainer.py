@@ -37,16 +37,11 @@ from mugv.train.ema import EMA, PowerEMA
 from mugv.train.lora import apply_lora, lora_state_dict
 from mugv.train.objective import FlowMatchingObjective
 from mugv.train.validation import validation_loss
+from mugv.utils.device import resolve_device
 
 
 class TrainerHook(Protocol):
     def on_step_end(self, trainer: "Trainer", metrics: dict[str, float]) -> None: ...
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def freeze_parameters(model: torch.nn.Module, patterns: list[str]) -> None:

@@ -26,6 +26,7 @@ from torch import Tensor
 from mugv.config import ConfigError, to_toml
 from mugv.models.vae.adapters import load_into, read_state_dict
 from mugv.models.vae.model import DiagonalGaussian, MUGVideoVAE
+from mugv.utils.device import resolve_device
 from mugv.vae_train.config import VAERunConfig
 from mugv.vae_train.data import MediaPool, to_uint8
 from mugv.vae_train.losses import (
@@ -41,12 +42,6 @@ from mugv.video import write_mp4
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def training_stage(step: int, cfg: VAERunConfig) -> tuple[str, int, int]:

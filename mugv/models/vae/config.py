@@ -51,6 +51,7 @@ class VAEConfig:
     latent_mean: tuple[float, ...] = ()
     latent_std: tuple[float, ...] = ()
     # Chunking in time: frames per encode chunk and latent frames per decode chunk (0: no chunks).
+    # Zero padding goes to, and decode crops it from, the front of the last encode chunk.
     encode_chunk_frames: int = 48
     decode_chunk_latents: int = 6
     # Spatial tiling in pixels (0: off); neighbouring tiles overlap by `tile_overlap` pixels.
