@@ -15,7 +15,7 @@ import importlib
 import sys
 
 from mugv import __version__
-from mugv.config import ConfigError
+from mugv.errors import USER_ERROR_EXIT, user_error_message
 
 # name -> (module that registers the command, one-line help for `mugv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,6 +39,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="mugv", description="Train and run MUG-V-style video diffusion transformers."
     )
     parser.add_argument("--version", action="version", version=f"mugv {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error instead of its one-line message")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         if name == command:
@@ -56,10 +58,15 @@ def chosen_command(argv: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(chosen_command(argv))
     args, extra = parser.parse_known_args(argv)
+    debug = args.debug or "--debug" in extra  # also taken after the command, where a rerun appends it
+    extra = [item for item in extra if item != "--debug"]
     if extra and not getattr(args, "accepts_overrides", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args, extra) or 0)
-    except ConfigError as exc:
-        print(f"mugv: config error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # one line for bad input (see mugv/errors.py); a bug keeps its traceback
+        message = user_error_message(exc)
+        if message is None or debug:
+            raise
+        print(f"mugv: error: {message}", file=sys.stderr)
+        return USER_ERROR_EXIT

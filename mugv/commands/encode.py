@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from mugv.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,13 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from mugv.data.buckets import default_buckets, parse_buckets
-    from mugv.data.encode import EncodeError, EncodeOptions, run_encode
+    from mugv.data.encode import EncodeOptions, run_encode
 
     try:
         buckets = parse_buckets(args.buckets) if args.buckets else default_buckets()
     except ValueError as exc:
-        print(f"mugv encode: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--buckets {args.buckets}: {exc}") from exc
     opts = EncodeOptions(
         manifest=args.manifest, out=args.out, buckets=buckets, text_encoder=args.text_encoder,
         text_encoder_path=args.text_encoder_path, text_max_tokens=args.text_max_tokens, text_dtype=args.text_dtype,
@@ -59,10 +59,6 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         vae_tile=args.vae_tile, shard_size=args.shard_size, latent_dtype=args.latent_dtype, workers=args.workers,
         device=args.device, strict=args.strict, progress=not args.no_progress, limit=args.limit,
     )
-    try:
-        summary = run_encode(opts)
-    except (EncodeError, FileNotFoundError) as exc:
-        print(f"mugv encode: {exc}", file=sys.stderr)
-        return 1
+    summary = run_encode(opts)
     print(f"mugv encode: {summary.format()} -> {args.out}")
     return 0

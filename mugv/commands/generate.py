@@ -128,7 +128,7 @@ def requests_from_csv(path: Path, base: GenerationRequest) -> list[GenerationReq
         except (GenerationError, ValueError) as exc:
             problems.append(f"line {line}: {exc}")
     if problems:
-        raise GenerationError(f"{path} has bad rows:\n  " + "\n  ".join(problems))
+        raise GenerationError(f"{path} has bad rows: " + "; ".join(problems))
     if not requests:
         raise GenerationError(f"{path} has no prompts")
     return requests
@@ -150,9 +150,23 @@ def build_requests(args: argparse.Namespace) -> list[GenerationRequest]:
     return [req]
 
 
-def load_generator(args: argparse.Namespace):
-    import torch
+def check_model_options(args: argparse.Namespace) -> None:
+    """Every model path and option, checked before any weights load (minutes at 10B)."""
+    from mugv.models.text.encoders import text_encoder_folder
+    from mugv.models.vae.config import VAEConfig
+    from mugv.utils.device import resolve_device
 
+    for label, path in (("DiT weights", args.dit), ("VAE weights", args.vae)):
+        if not Path(path).exists():
+            raise GenerationError(f"{label} not found: {path}")
+    if args.lora and not Path(args.lora).is_file():
+        raise GenerationError(f"LoRA adapter not found: {args.lora}")
+    VAEConfig.from_preset(args.vae_preset)
+    text_encoder_folder(args.text_encoder, args.text_encoder_path)
+    resolve_device(args.device)
+
+
+def load_generator(args: argparse.Namespace):
     from mugv.infer.pipeline import VideoGenerator
     from mugv.models.dit.adapters import load_into, read_weights
     from mugv.models.dit.config import DiTConfig
@@ -161,25 +175,23 @@ def load_generator(args: argparse.Namespace):
     from mugv.models.vae import adapters as vae_adapters
     from mugv.models.vae.config import VAEConfig
     from mugv.models.vae.model import MUGVideoVAE
+    from mugv.utils.device import resolve_device
 
-    for label, path in (("DiT weights", args.dit), ("VAE weights", args.vae)):
-        if not Path(path).exists():
-            raise GenerationError(f"{label} not found: {path}")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
+    flow = training_flow_config(Path(args.dit))
+    if args.shift_base_resolution:
+        flow = dataclasses.replace(flow, base_resolution=args.shift_base_resolution)
+    # the small VAE first, so that a bad file of it is reported before the DiT's minutes of loading
+    vae = MUGVideoVAE(VAEConfig.from_preset(args.vae_preset))
+    vae_adapters.load_into(vae, vae_adapters.read_state_dict(args.vae))
     weights = read_weights(args.dit)
     dit = MUGDiT(DiTConfig.from_weights(weights))
     load_into(dit, weights, layout="mugv")
     if args.lora:
         attach_lora(dit, Path(args.lora))
-    vae = MUGVideoVAE(VAEConfig.from_preset(args.vae_preset))
-    vae_adapters.load_into(vae, vae_adapters.read_state_dict(args.vae))
     encoder = build_text_encoder(args.text_encoder, args.text_encoder_path, max_tokens=dit.cfg.max_text_tokens,
                                  dtype="bf16" if device.type == "cuda" else "fp32",
                                  device="cpu" if args.offload else str(device))
-    flow = training_flow_config(Path(args.dit))
-    if args.shift_base_resolution:
-        flow = dataclasses.replace(flow, base_resolution=args.shift_base_resolution)
     return VideoGenerator(dit, vae, encoder, flow=flow, device=device, offload=args.offload)
 
 
@@ -207,11 +219,10 @@ def attach_lora(dit, path: Path) -> None:
     from safetensors.torch import load_file
 
     from mugv.config import LoRAConfig
+    from mugv.errors import reading
     from mugv.train.lora import load_lora, merge_lora
 
-    if not path.is_file():
-        raise GenerationError(f"LoRA adapter not found: {path}")
-    with safe_open(str(path), "pt") as f:
+    with reading(path, "LoRA adapter"), safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if not {"rank", "alpha", "targets"} <= set(meta):
         raise GenerationError(f"{path} is not a LoRA adapter saved by mugv train (no rank / alpha / targets metadata)")
@@ -227,12 +238,9 @@ def run_generate(args: argparse.Namespace, _: list[str]) -> int:
     from mugv.utils.progress import progress_bar
     from mugv.video.writer import write_mp4
 
-    try:
-        requests = build_requests(args)  # every input checked before any model is loaded
-        generator = load_generator(args)
-    except GenerationError as exc:
-        print(f"mugv generate: {exc}")
-        return 2
+    check_model_options(args)
+    requests = build_requests(args)  # every input checked before any model is loaded
+    generator = load_generator(args)
     single = args.prompts is None
     if not single:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mugv.errors import ConfigError
 from mugv.models.dit.config import DiTConfig, PRESETS, latent_shape_for_pixels
 
 
@@ -19,15 +20,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, _: list[str]) -> int:
     cfg = DiTConfig.from_preset(args.model)
+    sizes = (args.frames, args.height, args.width)
+    latent = None
+    if args.text_tokens is not None and args.text_tokens < 0:
+        raise ConfigError(f"--text-tokens {args.text_tokens}: must be 0 or more")
+    if any(v is not None for v in sizes):
+        if any(v is None for v in sizes):
+            raise ConfigError("give --frames, --height and --width together")
+        try:
+            latent = latent_shape_for_pixels(*sizes)
+        except ValueError as exc:
+            raise ConfigError(f"--frames {args.frames} --height {args.height} --width {args.width}: {exc}") from exc
     params = cfg.num_params()
     print(f"model {args.model}: depth {cfg.depth}, hidden {cfg.hidden_size}, heads {cfg.num_heads} x {cfg.head_dim}, "
           f"text dim {cfg.text_dim}")
     print(f"parameters: {params:,} ({params / 1e9:.2f} B)")
-    sizes = (args.frames, args.height, args.width)
-    if any(v is not None for v in sizes):
-        if any(v is None for v in sizes):
-            raise SystemExit("mugv info: give --frames, --height and --width together")
-        t, h, w = latent_shape_for_pixels(*sizes)
+    if latent is not None:
+        t, h, w = latent
         text = args.text_tokens if args.text_tokens is not None else cfg.max_text_tokens
         tokens = cfg.num_tokens(t, h, w)
         train = cfg.train_flops(t, h, w, text)

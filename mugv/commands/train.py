@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from mugv.config import load_config, to_toml
+from mugv.commands.profiles import reject_foreign_profile
+from mugv.config import ConfigError, load_config, to_toml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
-    cfg = load_config(args.config, overrides)
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError:
+        reject_foreign_profile(args.config, "mugv train")
+        raise
     if args.dry_run:
         print(to_toml(cfg), end="")
         if args.world_size:

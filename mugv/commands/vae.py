@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mugv.commands.profiles import reject_foreign_profile
 from mugv.config import ConfigError, deep_merge, from_dict, load_profile_dict, parse_overrides, to_toml
 
 
@@ -58,7 +59,12 @@ def _run_config(args: argparse.Namespace, overrides: list[str]):
         data = load_profile_dict(str(Path(args.weights, "config.toml")))
     if getattr(args, "preset", None):
         data = deep_merge(data, {"model": {"preset": args.preset}})
-    return from_dict(VAERunConfig, deep_merge(data, parse_overrides(overrides)))
+    try:
+        return from_dict(VAERunConfig, deep_merge(data, parse_overrides(overrides)))
+    except ConfigError:
+        if args.config:
+            reject_foreign_profile(args.config, "mugv vae")
+        raise
 
 
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -67,19 +73,19 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     data = deep_merge(load_profile_dict(args.config), parse_overrides(overrides))
     if args.source:
         data = deep_merge(data, {"data": {"sources": list(data.get("data", {}).get("sources", [])) + args.source}})
-    cfg = from_dict(VAERunConfig, data)
+    try:
+        cfg = from_dict(VAERunConfig, data)
+    except ConfigError:
+        reject_foreign_profile(args.config, "mugv vae")
+        raise
     if args.dry_run:
         print(to_toml(cfg), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from mugv.vae_train.data import MediaError, MediaPool
+    from mugv.vae_train.data import MediaPool
     from mugv.vae_train.trainer import VAETrainer
 
-    try:
-        media = MediaPool.from_config(cfg.data)
-    except MediaError as exc:
-        print(f"mugv vae train: {exc}", file=sys.stderr)
-        return 2
+    media = MediaPool.from_config(cfg.data)
     for rejection in media.rejections:
         print(f"mugv vae train: skipped {rejection.reason}", file=sys.stderr)
     trainer = VAETrainer(cfg, media)
@@ -96,8 +102,8 @@ def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _model(args: argparse.Namespace, overrides: list[str]):
+    from mugv.utils.device import resolve_device
     from mugv.vae_train.evaluate import load_model
-    from mugv.vae_train.trainer import resolve_device
 
     cfg = _run_config(args, overrides)
     if not args.weights:

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mugv.errors import UnreadableFileError
 from mugv.video import shrink_stack
 
 THUMB_W, THUMB_H = 48, 27
@@ -167,9 +168,13 @@ class TransitionModel:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TransitionModel:
-        payload = json.loads(Path(path or SHIPPED_MODEL).read_text())
+        path = Path(path or SHIPPED_MODEL)
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UnreadableFileError(f"{path}: not a transition model's JSON ({exc})") from exc
         if payload.get("feature_names") != FEATURE_NAMES or payload.get("kind") != "quadratic_linear_svm":
-            raise ValueError(f"{path or SHIPPED_MODEL}: trained for other features; retrain with `mugv curate train-transitions`")
+            raise UnreadableFileError(f"{path}: trained for other features; retrain with `mugv curate train-transitions`")
         return cls(
             mean=np.asarray(payload["mean"], np.float32),
             scale=np.asarray(payload["scale"], np.float32),

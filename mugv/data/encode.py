@@ -22,7 +22,6 @@ w, w + W, ...; each worker writes its own shards (`wNN-SEQ`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -110,21 +109,19 @@ class VAELatentEncoder:
     """The MUG-V VAE: `encode` returns `(z - mean) / std` once; the mode unless sampling."""
 
     def __init__(self, opts: EncodeOptions, cfg: Any = None):
-        from mugv.models.vae import VAE_PRESETS, MUGVideoVAE
+        from mugv.models.vae import MUGVideoVAE, VAEConfig
         from mugv.models.vae.adapters import load_into, read_state_dict
+        from mugv.utils.device import resolve_device
 
-        if cfg is None:
-            if opts.vae_preset not in VAE_PRESETS:
-                raise EncodeError(f"unknown VAE preset {opts.vae_preset!r}; known: {', '.join(VAE_PRESETS)}")
-            cfg = dataclasses.replace(VAE_PRESETS[opts.vae_preset])
+        if not opts.vae_weights and not opts.random_vae:
+            raise EncodeError("no VAE weights: pass --vae-weights (random weights only with --random-vae, for tests)")
+        cfg = cfg or VAEConfig.from_preset(opts.vae_preset)
         if opts.vae_tile:
             cfg.tile_size = opts.vae_tile
         self.vae = MUGVideoVAE(cfg)
         if opts.vae_weights:
             load_into(self.vae, read_state_dict(opts.vae_weights))
-        elif not opts.random_vae:
-            raise EncodeError("no VAE weights: pass --vae-weights (random weights only with --random-vae, for tests)")
-        self.device = torch.device(opts.device)
+        self.device = resolve_device(opts.device)
         self.vae.to(self.device).eval()
         self.latent_channels = cfg.latent_channels
         self.sample = opts.sample_posterior
@@ -318,11 +315,28 @@ def _worker_entry(opts: EncodeOptions, worker: int, workers: int, progress_queue
         results.put((worker, None, f"{type(exc).__name__}: {exc}"))
 
 
+def check_options(opts: EncodeOptions) -> None:
+    """The options' names and files, checked before any clip or model is loaded."""
+    from mugv.models.text.encoders import text_encoder_folder
+    from mugv.models.vae import VAEConfig
+    from mugv.utils.device import resolve_device
+
+    VAEConfig.from_preset(opts.vae_preset)
+    if opts.vae_weights and not Path(opts.vae_weights).is_file():
+        raise EncodeError(f"VAE weights not found: {opts.vae_weights}")
+    text_encoder_folder(opts.text_encoder, opts.text_encoder_path)
+    resolve_device(opts.device)
+
+
 def run_encode(opts: EncodeOptions) -> EncodeSummary:
     """Encode every kept row of `opts.manifest` into shards under `opts.out`; returns a summary."""
     from mugv.utils.progress import progress_bar
 
-    rows, _ = read_manifest(opts.manifest)
+    check_options(opts)
+    rows, others = read_manifest(opts.manifest)
+    if not rows:
+        raise EncodeError(f"{opts.manifest} has no kept clips: none of its {others} rows has status 'kept' "
+                          "(its `reason` column says why each was rejected); nothing to encode")
     total = min(len(rows), opts.limit) if opts.limit else len(rows)
     summary = EncodeSummary()
     fs, out = split_url(opts.out)

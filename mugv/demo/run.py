@@ -20,7 +20,7 @@ import numpy as np
 
 from mugv.cli import main as mugv_main
 from mugv.demo.world import Scene, render, split_scenes
-from mugv.errors import MugvError
+from mugv.errors import MugvError, user_error_message
 
 
 class DemoError(MugvError, RuntimeError):
@@ -46,8 +46,14 @@ class DemoPlan:
 
 
 def run(command: list[str]) -> None:
-    """Run a mugv command in-process; a failure stops the demo naming the command."""
-    code = mugv_main(command)
+    """Run a mugv command in-process; a failure stops the demo naming the command, in one line."""
+    try:
+        code = mugv_main(["--debug", *command])  # its error comes here, to be reported with the command
+    except Exception as exc:
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        raise DemoError(f"`mugv {' '.join(command)}` failed: {message}") from exc
     if code:
         raise DemoError(f"`mugv {' '.join(command)}` failed with exit code {code}")
 

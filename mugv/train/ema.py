@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mugv.errors import ConfigError, MugvError, reading
+
 
 def _float_params(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     for name, param in model.named_parameters():
@@ -90,7 +92,7 @@ def sigma_rel_to_gamma(sigma_rel: float) -> float:
     gamma^3 + 7 gamma^2 + (16 - s) gamma + (12 - s) with s = sigma_rel^-2.
     """
     if not 0 < sigma_rel < 0.28:
-        raise ValueError(f"sigma_rel must be in (0, 0.28), got {sigma_rel}")
+        raise ConfigError(f"sigma_rel must be in (0, 0.28), got {sigma_rel}")
     s = sigma_rel**-2
     roots = np.roots([1.0, 7.0, 16.0 - s, 12.0 - s])
     return float(max(r.real for r in roots if abs(r.imag) < 1e-9))
@@ -181,12 +183,13 @@ SNAPSHOT_NAME = re.compile(r"^ema-(\d{8})-(\d+\.\d{3})\.safetensors$")
 def reconstruct(directory: Path, sigma_rel: float, at_step: int | None = None) -> dict[str, torch.Tensor]:
     """Rebuild the power-function average of width `sigma_rel` at `at_step` (default: the last
     snapshot) from the snapshots in `directory` taken up to that step."""
+    target_gamma = sigma_rel_to_gamma(sigma_rel)
     found = []
     for path in sorted(directory.iterdir()):
         if SNAPSHOT_NAME.match(path.name):
             from safetensors import safe_open
 
-            with safe_open(str(path), "pt") as f:
+            with reading(path, "EMA snapshot"), safe_open(str(path), "pt") as f:
                 meta = f.metadata()
             found.append((int(meta["t"]), float(meta["gamma"]), path))
     if not found:
@@ -194,8 +197,8 @@ def reconstruct(directory: Path, sigma_rel: float, at_step: int | None = None) -
     target_t = at_step if at_step is not None else max(t for t, _, _ in found)
     usable = [s for s in found if s[0] <= target_t]
     if not usable:
-        raise ValueError(f"no EMA snapshot in {directory} was taken at or before step {target_t}")
-    coefficients = posthoc_coefficients([(t, g) for t, g, _ in usable], target_t, sigma_rel_to_gamma(sigma_rel))
+        raise ConfigError(f"no EMA snapshot in {directory} was taken at or before step {target_t}")
+    coefficients = posthoc_coefficients([(t, g) for t, g, _ in usable], target_t, target_gamma)
     return weighted_sum([load_file(p) for _, _, p in usable], coefficients)
 
 
@@ -203,7 +206,7 @@ def weighted_sum(state_dicts: Sequence[Mapping[str, torch.Tensor]], weights: Seq
     names = set(state_dicts[0])
     for i, sd in enumerate(state_dicts[1:], 1):
         if set(sd) != names:
-            raise KeyError(f"state dict {i} has different tensors: {sorted(names ^ set(sd))[:5]}")
+            raise MugvError(f"weights {i} (from 0) hold other tensors than weights 0: {sorted(names ^ set(sd))[:5]}")
     out = {}
     for name in state_dicts[0]:
         acc = torch.zeros_like(state_dicts[0][name], dtype=torch.float64)
@@ -220,8 +223,10 @@ def weighted_sum(state_dicts: Sequence[Mapping[str, torch.Tensor]], weights: Seq
 
 def ensemble_weights(count: int, decay: float) -> np.ndarray:
     """Weights decay^(n-1-i) / sum over checkpoints i = 0 (oldest) .. n-1 (newest)."""
-    if count < 1 or not 0 < decay <= 1:
-        raise ValueError(f"need at least one checkpoint and decay in (0, 1], got {count}, {decay}")
+    if count < 1:
+        raise ConfigError("need at least one checkpoint to ensemble")
+    if not 0 < decay <= 1:
+        raise ConfigError(f"decay must be in (0, 1], got {decay}")
     raw = decay ** np.arange(count - 1, -1, -1, dtype=np.float64)
     return raw / raw.sum()
 

@@ -16,7 +16,7 @@ import torch
 
 from mugv.eval.recon import psnr, ssim
 from mugv.models.vae.model import MUGVideoVAE
-from mugv.vae_train.data import Rejection, discover, load_frames, to_model_range
+from mugv.vae_train.data import MediaError, Rejection, discover, load_frames, to_model_range
 from mugv.vae_train.losses import PerceptualLoss
 
 
@@ -74,6 +74,7 @@ class EvalReport:
 
 
 def load_clips(sources: list[str], height: int, width: int, frames: int) -> tuple[list[tuple[str, torch.Tensor]], list[Rejection]]:
+    """The usable clips of `sources` and the rejected files; a MediaError when none is usable."""
     clips, rejected = [], []
     for path in discover(sources):
         try:
@@ -82,6 +83,9 @@ def load_clips(sources: list[str], height: int, width: int, frames: int) -> tupl
             rejected.append(Rejection(str(path), str(exc)))
             continue
         clips.append((str(path), to_model_range(array[None])))
+    if not clips:
+        reasons = "; ".join(r.reason for r in rejected[:5])
+        raise MediaError(f"no usable clips in {sources}" + (f": {reasons}" if reasons else ""))
     return clips, rejected
 
 
@@ -112,8 +116,6 @@ def evaluate(
     device = next(model.parameters()).device
     model.eval()
     clips, rejected = load_clips(sources, height, width, frames)
-    if not clips:
-        raise ValueError(f"no usable clips in {sources}: " + "; ".join(r.reason for r in rejected[:5]))
     lpips = PerceptualLoss(lpips_weights).to(device) if lpips_weights else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -151,8 +153,6 @@ def latent_statistics(
     device = next(model.parameters()).device
     model.eval()
     clips, rejected = load_clips(sources, height, width, frames)
-    if not clips:
-        raise ValueError(f"no usable clips in {sources}: " + "; ".join(r.reason for r in rejected[:5]))
     channels = model.cfg.latent_channels
     total = torch.zeros(channels, dtype=torch.float64)
     total_sq = torch.zeros(channels, dtype=torch.float64)

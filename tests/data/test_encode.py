@@ -154,7 +154,7 @@ def test_encode_cli_and_strict(manifest, tiny_t5, tmp_path, capsys):
     out = tmp_path / "cli"
     common = [str(manifest), "--out", str(out), "--buckets", BUCKETS, "--text-encoder", "t5", "--text-encoder-path",
               str(tiny_t5), "--vae-preset", "tiny", "--random-vae", "--no-progress"]
-    assert main(["encode", *common, "--strict"]) == 1
+    assert main(["encode", *common, "--strict"]) == 2
     assert "gone-0000" in capsys.readouterr().err  # the first bad row stops a strict run, by name
     with pytest.warns(UserWarning):
         assert main(["encode", *common, "--shard-size", "2", "--also-images"]) == 0

@@ -70,7 +70,7 @@ def test_bad_input_is_named_before_long_work(models, tmp_path, capsys, extra, me
     table.write_text("prompt\nfine prompt\n\"\"\n")
     extra = [str(root / "broken.png") if a == "BROKEN" else str(table) if a == "CSV" else a for a in extra]
     assert main(["generate", *common, *extra, "--out", str(tmp_path / "x.mp4")]) == 2
-    assert message in capsys.readouterr().out
+    assert message in capsys.readouterr().err
 
 
 def test_a_trained_lora_adapter_is_applied_at_generation(models, tmp_path):

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from mugv.errors import MugvError
+from mugv.errors import MugvError, reading
 
 __all__ = [
     "CheckpointLayoutError",
@@ -770,9 +770,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         from safetensors.torch import load_file
 
         device = str(map_location)
-        sd = load_file(str(path), device=device)
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
+        with reading(path, "safetensors weights"):
+            sd = load_file(str(path), device=device)
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
         return LoadedCheckpoint(sd, path, "safetensors", metadata=meta)
 
     try:

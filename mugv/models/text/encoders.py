@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from mugv.errors import MugvError
+from mugv.errors import ConfigError, MugvError
 
 AESTHETIC_SUFFIX = " aesthetic score: 6.0."
 TEXT_ENCODERS = ("minilm", "t5")
@@ -75,8 +75,6 @@ class HFTextEncoder:
 
         transformers.utils.logging.disable_progress_bar()
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"text encoder {name!r}: no model folder at {path} (config.json missing)")
         self.name = name
         self.path = path
         self.max_tokens = max_tokens
@@ -126,10 +124,19 @@ def build_text_encoder(name: str = "minilm", path: str = "", max_tokens: int = 0
                        device: str = "cpu") -> HFTextEncoder:
     """`minilm` (bundled; `path` may point elsewhere) or `t5` (`path`: a local folder holding a
     T5 encoder and its tokenizer). `max_tokens` 0 takes 128 for MiniLM and 300 for T5."""
-    if name not in TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")
+    folder = text_encoder_folder(name, path)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    if name == "t5" and not path:
-        raise ValueError("the t5 text encoder needs a local folder (--text-encoder-path): nothing is downloaded")
-    folder = Path(path) if path else minilm_path()
     return HFTextEncoder(name, folder, max_tokens or DEFAULT_MAX_TOKENS[name], torch_dtype, device)
+
+
+def text_encoder_folder(name: str, path: str = "") -> Path:
+    """The local folder text encoder `name` loads from; cheap, so commands check it before they
+    load any other weights."""
+    if name not in TEXT_ENCODERS:
+        raise ConfigError(f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")
+    if name == "t5" and not path:
+        raise ConfigError("the t5 text encoder needs a local folder (--text-encoder-path): nothing is downloaded")
+    folder = Path(path) if path else minilm_path()
+    if not (folder / "config.json").is_file():
+        raise TextEncoderError(f"text encoder {name!r}: no model folder at {folder} (config.json missing)")
+    return folder

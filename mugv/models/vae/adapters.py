@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mugv.errors import MugvError
+from mugv.errors import MugvError, reading
 from mugv.models.vae.model import MUGVideoVAE
 
 __all__ = [
@@ -258,8 +258,10 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        with reading(path, "VAE weights"):
+            return load_file(str(path))
+    with reading(path, "VAE weights"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
