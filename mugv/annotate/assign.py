@@ -37,9 +37,12 @@ def screen_videos(campaign: Campaign, annotator: str, item: Item) -> tuple[str, 
 
 
 def annotator_order(campaign: Campaign, annotator: str) -> list[Item]:
-    items = list(campaign.items)
-    random.Random(_digest(campaign.hash, campaign.spec.seed, annotator, "order")).shuffle(items)
-    return items
+    order = campaign.orders.get(annotator)
+    if order is None:
+        order = list(campaign.items)
+        random.Random(_digest(campaign.hash, campaign.spec.seed, annotator, "order")).shuffle(order)
+        campaign.orders[annotator] = order
+    return order
 
 
 def next_item(campaign: Campaign, store: AnswerStore, annotator: str) -> Item | None:
@@ -47,22 +50,17 @@ def next_item(campaign: Campaign, store: AnswerStore, annotator: str) -> Item | 
 
     Gold items go to every annotator; other items stop being handed out once they hold
     labels_per_item answers (two annotators racing for the last slot both keep their answer)."""
-    done = store.answered_items(annotator)
-    counts = store.counts_by_item()
-    for item in annotator_order(campaign, annotator):
-        if item.id in done:
-            continue
-        if item.gold_expected or counts.get(item.id, 0) < campaign.spec.labels_per_item:
-            return item
-    return None
+    return queue(campaign, store, annotator)[0]
 
 
-def progress(campaign: Campaign, store: AnswerStore, annotator: str) -> dict[str, int]:
+def queue(campaign: Campaign, store: AnswerStore, annotator: str) -> tuple[Item | None, dict[str, int]]:
+    """The annotator's next item and their progress: answers given, items still open to them."""
     done = store.answered_items(annotator)
     counts = store.counts_by_item()
-    remaining = sum(1 for item in campaign.items if item.id not in done and
-                    (item.gold_expected or counts.get(item.id, 0) < campaign.spec.labels_per_item))
-    return {"done": len(done), "remaining": remaining}
+    k = campaign.spec.labels_per_item
+    open_items = [item for item in annotator_order(campaign, annotator)
+                  if item.id not in done and (item.gold_expected or counts.get(item.id, 0) < k)]
+    return (open_items[0] if open_items else None), {"done": len(done), "remaining": len(open_items)}
 
 
 def build_answer(campaign: Campaign, annotator: str, payload: dict) -> Answer:

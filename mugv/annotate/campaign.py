@@ -118,6 +118,7 @@ class Campaign:
         identity.pop("lead_token", None)
         self.hash = hashlib.sha256(tomli_w.dumps(identity).encode()).hexdigest()[:16]
         self.item_by_key = {self.item_key(item): item for item in self.items}
+        self.orders: dict[str, list[Item]] = {}  # per-annotator item order, filled by assign.annotator_order
 
     def item_key(self, item: Item) -> str:
         """The opaque name the browser sees for an item (item ids contain video ids, which may name models)."""

@@ -83,9 +83,9 @@ def create_app(campaign: Campaign, store: AnswerStore) -> FastAPI:
         }
 
     def next_json(token: str, name: str) -> dict:
-        item = assign.next_item(campaign, store, name)
+        item, progress = assign.queue(campaign, store, name)
         out = {"annotator": name, "campaign": campaign.spec.name, "instructions": campaign.spec.instructions,
-               "progress": assign.progress(campaign, store, name)}
+               "progress": progress}
         if item is None:
             return {**out, "done": True}
         return {**out, "done": False, **item_json(token, name, item)}
@@ -125,8 +125,8 @@ def create_app(campaign: Campaign, store: AnswerStore) -> FastAPI:
         recorded = await run_in_threadpool(store.record, answer)
         out = {"recorded": recorded, "item": campaign.item_key(campaign.item_by_id[answer.item])}
         if campaign.mode == "sidebyside":
-            out["reveal"] = {"left": campaign.videos[answer.left_video].model,
-                             "right": campaign.videos[answer.right_video].model}
+            out["reveal"] = {"left": _shown_name(campaign, answer.left_video),
+                             "right": _shown_name(campaign, answer.right_video)}
         return JSONResponse(out)
 
     @app.post("/a/{token}/api/undo")
@@ -177,6 +177,11 @@ def create_app(campaign: Campaign, store: AnswerStore) -> FastAPI:
         return figures()
 
     return app
+
+
+def _shown_name(campaign: Campaign, video_id: str) -> str:
+    video = campaign.videos[video_id]
+    return f"{video.model or 'unnamed'} ({video.degradation} copy, a gold check)" if video.degradation else video.model
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS answers (
     created_at REAL NOT NULL,
     UNIQUE (annotator, item)
 );
+CREATE INDEX IF NOT EXISTS answers_by_item ON answers (item);
 """
 
 

@@ -97,3 +97,19 @@ def test_cli_new_from_manifest(tmp_path):
     assert len(load_campaign(out).items) == 2  # one pair per prompt
     manifest.write_text("path,caption\nclips/0.mp4,x\n")
     assert main(["annotate", "new", "--mode", "grade", "--manifest", str(manifest), "--out", str(out)]) == 2
+
+
+def test_each_item_gets_k_labels_and_gold_goes_to_everyone(tmp_path):
+    from mugv.annotate.degrade import add_gold
+    from mugv.annotate.campaign import save_campaign
+
+    campaign = build_campaign(tmp_path, prompts=4, annotators=3, labels_per_item=2)
+    add_gold(campaign.spec, tmp_path, count=1, kinds=("shuffled",))
+    campaign = save_campaign(campaign.spec, campaign.path)
+    store = AnswerStore(tmp_path / "db.sqlite")
+    answer_with_judge(campaign, store, lambda c, item, who: {a: "tie" for a in c.spec.aspects})
+    per_item = Counter(a.item for a in store.answers())
+    gold = [i.id for i in campaign.items if i.gold_expected]
+    assert len(gold) == 1 and per_item[gold[0]] == 3
+    assert all(n == 2 for item, n in per_item.items() if item not in gold)
+    assert len(per_item) == len(campaign.items)
