@@ -234,3 +234,22 @@ def test_kill_9_loses_no_acknowledged_answer(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_binds_localhost_by_default_and_ships_its_own_assets(tmp_path):
+    from importlib import resources
+
+    from mugv.annotate.server import make_server, urls
+
+    campaign = build_campaign(tmp_path)
+    server, sock = make_server(campaign, AnswerStore(tmp_path / "db.sqlite"), port=0)
+    try:
+        assert sock.getsockname()[0] == "127.0.0.1"
+        links = urls(campaign, "127.0.0.1", sock.getsockname()[1])
+        assert links["ann0"].endswith("/a/token-ann-0000/") and "/lead/lead-token-0123/stats" in links["(stats)"]
+    finally:
+        sock.close()
+    package = resources.files("mugv.annotate")
+    for name in ("templates/annotate.html", "templates/stats.html", "static/annotate.js", "static/annotate.css"):
+        text = package.joinpath(name).read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, name
