@@ -44,6 +44,10 @@ class EvalVideo:
     def flow_frames(self) -> np.ndarray:
         return temporal.flow_frames(self.frames)
 
+    @cached_property
+    def differences(self) -> np.ndarray:
+        return temporal.frame_differences(self.frames)
+
 
 @dataclass
 class VideoResult:
@@ -66,7 +70,7 @@ def filmstrip(frames: np.ndarray, count: int = 6, height: int = 90) -> np.ndarra
 
 
 def _dynamic_degree(video: EvalVideo) -> tuple[float, dict]:
-    reading = temporal.dynamic_degree(video.frames, video.fps)
+    reading = temporal.dynamic_degree(video.flow_frames, video.fps)  # the same rule at any size
     return float(reading.moving), reading.detail()
 
 
@@ -100,7 +104,7 @@ def offline_metrics(quality_frames: int = QUALITY_FRAMES, brisque_available: boo
         Metric("temporal_flickering", OFFICIAL,
                "VBench temporal flickering when the videos are VBench's static-scene prompts; otherwise other "
                "mugv eval runs", True, "(255 - mean |frame t - frame t+1|) / 255, VBench's formula",
-               lambda v: temporal.temporal_flickering(v.frames), vbench_dimension="temporal flickering"),
+               lambda v: temporal.temporal_flickering(v.frames, v.differences), vbench_dimension="temporal flickering"),
         Metric("dynamic_degree", PROXY,
                "other mugv eval runs; not VBench (OpenCV DIS flow where VBench runs RAFT)", True,
                "1 if the video moves by VBench's rule (top-5% flow magnitudes over 6*min(H,W)/256 px in "
@@ -118,7 +122,7 @@ def offline_metrics(quality_frames: int = QUALITY_FRAMES, brisque_available: boo
                f"variance of the Laplacian of the luma, {frames}", _sharpness),
         Metric("frozen_frames", PROXY, "other mugv eval runs", False,
                f"share of consecutive frames whose mean absolute change is under {temporal.FROZEN_MAE}/255",
-               lambda v: temporal.frozen_share(v.frames)),
+               lambda v: temporal.frozen_share(v.frames, differences=v.differences)),
         Metric("scene_cuts", PROXY, "other mugv eval runs (PySceneDetect content detector)", False,
                "hard cuts found; a generated clip should have none", _scene_cuts),
     ]

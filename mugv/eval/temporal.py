@@ -45,21 +45,27 @@ def flow_frames(frames: np.ndarray, short_side: int = FLOW_SHORT_SIDE) -> np.nda
     return resize_short_side(np.asarray(frames), short_side)
 
 
-def temporal_flickering(frames: np.ndarray) -> float:
+def frame_differences(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute difference (0-255, over pixels and channels) of each consecutive pair."""
+    return np.array([cv2.norm(frames[i], frames[i + 1], cv2.NORM_L1) / frames[i].size for i in range(len(frames) - 1)])
+
+
+def temporal_flickering(frames: np.ndarray, differences: np.ndarray | None = None) -> float:
     """(255 - mean over consecutive pairs of their mean absolute difference) / 255; 1 for a
-    static video. VBench scores it on prompts that describe static scenes."""
+    static video. VBench scores it on prompts that describe static scenes. `differences`: the
+    frames' `frame_differences`, when already computed."""
     if len(frames) < 2:
         raise NotMeasurable("temporal flickering needs at least 2 frames")
-    errors = [cv2.absdiff(frames[i], frames[i + 1]).mean() for i in range(len(frames) - 1)]
-    return (255.0 - float(np.mean(errors))) / 255.0
+    differences = frame_differences(frames) if differences is None else differences
+    return (255.0 - float(np.mean(differences))) / 255.0
 
 
-def frozen_share(frames: np.ndarray, threshold: float = FROZEN_MAE) -> float:
+def frozen_share(frames: np.ndarray, threshold: float = FROZEN_MAE, differences: np.ndarray | None = None) -> float:
     """Share of consecutive frame pairs whose mean absolute difference is under `threshold`."""
     if len(frames) < 2:
         return 0.0
-    errors = np.array([cv2.absdiff(frames[i], frames[i + 1]).mean() for i in range(len(frames) - 1)])
-    return float(np.mean(errors < threshold))
+    differences = frame_differences(frames) if differences is None else differences
+    return float(np.mean(differences < threshold))
 
 
 @dataclass
