@@ -829,6 +829,10 @@ def read_weights(path: str | Path) -> StateDict:
     if not path.is_file():
         raise FileNotFoundError(f"no DiT weights at {path}")
     state_dict = load_state_dict(path)
-    if detect_layout(state_dict) == "megatron":
+    try:
+        layout = detect_layout(state_dict)
+    except CheckpointLayoutError as exc:
+        raise CheckpointLayoutError(f"{path}: {exc}") from exc
+    if layout == "megatron":
         return from_megatron([state_dict])
     return dict(state_dict)
