@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "whether it is computed as the benchmark does (official) or stands in for it (proxy)."
         ),
     )
-    parser.add_argument("input", nargs="?", type=Path, help="folder of videos")
+    parser.add_argument("input", nargs="?", type=Path, metavar="FOLDER", help="folder of videos")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("A", "B"),
                         help="compare two mugv eval output folders (or two folders of videos, evaluated first)")

@@ -167,3 +167,27 @@ def test_torchscript_flow_pads_to_eight_and_drives_dynamic_degree(tmp_path, vide
     assert value == 1.0 and detail["pair_scores"][0] == pytest.approx(10.0)
     assert detail["threshold_px"] == pytest.approx(6 * 48 / 256)
     assert metric.vbench_dimension == "dynamic degree"
+
+
+def test_the_command_adds_the_metrics_whose_weights_it_is_given(tmp_path, clip_folder):
+    import csv
+    import json
+
+    from mugv import cli
+    from mugv.video import write_mp4
+
+    torch.jit.script(TinyI3d()).save(str(tmp_path / "i3d.pt"))
+    for folder, seeds in (("videos", (1, 2)), ("reference", (3, 4))):
+        (tmp_path / folder).mkdir()
+        for s in seeds:
+            write_mp4(tmp_path / folder / f"{s}.mp4", panning_shot(seed=s, frames=16, height=48, width=64), fps=12)
+    with open(tmp_path / "prompts.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["name", "prompt"], ["1", "a red wall"], ["2", "a circle moves right"]])
+    out = tmp_path / "out"
+    assert cli.main(["eval", str(tmp_path / "videos"), "--out", str(out), "--prompts", str(tmp_path / "prompts.csv"),
+                     "--clip-model", str(clip_folder), "--i3d", str(tmp_path / "i3d.pt"),
+                     "--reference", str(tmp_path / "reference")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["clip_score"]["count"] == 2 and summary["metrics"]["clip_score"]["backend"] == "official"
+    assert summary["set_metrics"]["fvd"]["value"] >= 0
+    assert summary["set_metrics"]["fvd"]["detail"] == {"generated_videos": 2, "reference_videos": 2}
