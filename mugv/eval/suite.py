@@ -166,6 +166,13 @@ def read_prompts(table: Path) -> dict[str, str]:
     return {Path(row[key]).stem: row["prompt"] for row in rows}
 
 
+def dynamic_degree_of_file(path: str | Path) -> temporal.DynamicDegree:
+    """VBench's dynamic-degree reading of a video file (decoded at the flow size only): `.moving`,
+    `.moving_share`, `.relative_motion`. Raises VideoError for a file that is not video."""
+    decoded = decode(path, short_side=temporal.FLOW_SHORT_SIDE)
+    return temporal.dynamic_degree(np.asarray(decoded.frames), decoded.measured_fps)
+
+
 def load_video(path: Path, prompt: str = "", quality_frames: int = QUALITY_FRAMES) -> EvalVideo:
     decoded = decode(path)
     if decoded.num_frames < 3:

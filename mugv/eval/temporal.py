@@ -82,8 +82,15 @@ class DynamicDegree:
         """Share of sampled pairs above the threshold: a graded version of `moving`."""
         return float(np.mean([s > self.threshold for s in self.pair_scores])) if self.pair_scores else 0.0
 
+    @property
+    def relative_motion(self) -> float:
+        """Mean pair score over the threshold: a continuous figure (1 = VBench's bar for a moving
+        pair), for ranking clips by how much they move."""
+        return float(np.mean(self.pair_scores)) / self.threshold if self.pair_scores else 0.0
+
     def detail(self) -> dict:
-        return {"moving_share": self.moving_share, "threshold_px": self.threshold, "pairs_needed": self.pairs_needed,
+        return {"moving_share": self.moving_share, "relative_motion": self.relative_motion,
+                "threshold_px": self.threshold, "pairs_needed": self.pairs_needed,
                 "pair_scores": [round(s, 3) for s in self.pair_scores]}
 
 

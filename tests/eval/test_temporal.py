@@ -88,3 +88,16 @@ def test_interpolation_recovers_the_middle_of_a_translation(pan):
     error = np.abs(middle[8:-8, 8:-8].astype(float) - pan[11, 8:-8, 8:-8]).mean()
     naive = np.abs((pan[10].astype(float) + pan[12]) / 2 - pan[11])[8:-8, 8:-8].mean()
     assert error < naive / 3
+
+
+def test_dynamic_degree_of_a_file_for_the_annotation_app(tmp_path, pan):
+    from mugv.eval.suite import dynamic_degree_of_file
+    from mugv.video import write_mp4
+
+    write_mp4(tmp_path / "pan.mp4", pan, fps=8)
+    write_mp4(tmp_path / "still.mp4", freeze(pan), fps=8)
+    moving, still = dynamic_degree_of_file(tmp_path / "pan.mp4"), dynamic_degree_of_file(tmp_path / "still.mp4")
+    assert moving.moving and not still.moving
+    # sqrt(5) px per frame against VBench's 6 * 96 / 256 px bar
+    assert moving.relative_motion == pytest.approx(np.sqrt(5) / (6 * 96 / 256), rel=0.2)
+    assert still.relative_motion < 0.05
