@@ -41,8 +41,8 @@ class RunLogger:
         self.bar.write(text) if self.cfg.progress else print(text, flush=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.bar.update(1)
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        self.bar.update(1)  # after the postfix, so a progress line shows this step's loss
         self.jsonl.write(json.dumps(metrics) + "\n")
         if self.writer is not None:
             for key, value in metrics.items():

@@ -299,12 +299,12 @@ class VAETrainer:
             while self.step < cfg.train.steps:
                 result = self.train_step()
                 history.append(result)
-                progress.update(1)
                 if result.step % cfg.logging.every_steps == 0 or result.step == cfg.train.steps:
                     progress.set_postfix(loss=f"{result.losses['loss']:.4f}")
                     if writer is not None:
                         for key, value in result.losses.items():
                             writer.add_scalar(f"train/{key}", value, result.step)
+                progress.update(1)  # after the postfix, so a progress line shows this step's loss
                 if cfg.checkpoint.every_steps and result.step % cfg.checkpoint.every_steps == 0:
                     self.save_checkpoint()
                 if cfg.samples.every_steps and result.step % cfg.samples.every_steps == 0:
