@@ -1,5 +1,6 @@
-"""What a module imports when it is imported must be installed by `pip install mugv`: the standard
-library, mugv itself, or a declared dependency. Optional extras are imported where they are used."""
+"""What a module imports when it is imported must be declared: the standard library, mugv itself, a
+dependency, or (for a module that only that feature imports, such as the annotation server) an
+optional extra's package."""
 
 import ast
 import importlib.metadata
@@ -19,7 +20,8 @@ def _canonical(name: str) -> str:
 
 def _declared_distributions() -> set[str]:
     project = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]
-    return {_canonical(re.match(r"[A-Za-z0-9._-]+", req).group()) for req in project["dependencies"]}
+    requirements = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    return {_canonical(re.match(r"[A-Za-z0-9._-]+", req).group()) for req in requirements}
 
 
 def _module_level_imports(path: Path) -> set[str]:
@@ -42,4 +44,4 @@ def test_module_level_imports_are_declared_dependencies():
         for name in _module_level_imports(path)
         if not declared & {_canonical(dist) for dist in providers.get(name, [])}
     )
-    assert not undeclared, "imported at module level but not in pyproject dependencies:\n" + "\n".join(undeclared)
+    assert not undeclared, "imported at module level but not declared in pyproject.toml:\n" + "\n".join(undeclared)
