@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from mugv.config import ConfigError
 
 
@@ -121,24 +123,47 @@ def demo_scenes() -> dict:
     return {scene.caption: scene for scene in all_scenes()}
 
 
+# How much of its bounding box each demo shape fills (mugv.demo.world.shape_mask).
+SHAPE_FILL = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
+
+
+def read_shape(frames: np.ndarray) -> str | None:
+    """The demo shape whose fill of its bounding box is nearest the foreground's (median over
+    frames with a foreground); None when no frame shows one."""
+    from mugv.demo.adherence import foreground_mask
+
+    fills = []
+    for mask in foreground_mask(frames):
+        ys, xs = np.nonzero(mask)
+        if len(xs) >= 20:  # a few stray pixels are not a shape
+            fills.append(len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)))
+    if not fills:
+        return None
+    fill = float(np.median(fills))
+    return min(SHAPE_FILL, key=lambda shape: abs(SHAPE_FILL[shape] - fill))
+
+
 def demo_adherence_metrics() -> list:
-    """Colour and direction of the demo world's shape against its prompt (mugv.demo.adherence);
-    videos whose prompt is not a demo-world caption are skipped."""
+    """Colour, shape and direction of the demo world's moving shape against its prompt (colour and
+    direction by mugv.demo.adherence, shape by `read_shape`); videos whose prompt is not a
+    demo-world caption are skipped."""
     from mugv.demo.adherence import read_video
     from mugv.eval.scores import PROXY, Metric, NotMeasurable
 
     scenes = demo_scenes()
+    readers = {"color": lambda frames: read_video(frames).color, "shape": read_shape,
+               "direction": lambda frames: read_video(frames).direction}
 
     def reading(attribute: str):
         def measure(video) -> tuple[float, dict]:
             scene = scenes.get(video.prompt)
             if scene is None:
                 raise NotMeasurable("not a demo-world prompt")
-            seen = getattr(read_video(video.frames), attribute)
+            seen = readers[attribute](video.frames)
             return float(seen == getattr(scene, attribute)), {"asked": getattr(scene, attribute), "seen": seen}
 
         return measure
 
-    return [Metric(f"demo_{attribute}", PROXY, "the mugv demo world only (its palette and directions)", True,
-                   f"1 if the moving shape's {attribute} is the prompted one, else 0 (mugv.demo.adherence)",
-                   reading(attribute)) for attribute in ("color", "direction")]
+    return [Metric(f"demo_{attribute}", PROXY, "the mugv demo world only (its palette, shapes and directions)", True,
+                   f"1 if the moving shape's {attribute} is the prompted one, else 0", reading(attribute))
+            for attribute in readers]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from mugv import cli
@@ -53,6 +54,7 @@ def test_every_number_carries_its_backend_and_what_it_compares_with(evaluated):
     assert lines["demo"]["metrics"]["niqe"]["value"] is None and "192 px" in lines["demo"]["metrics"]["niqe"]["skipped"]
     assert lines["demo"]["metrics"]["demo_color"]["value"] == 1.0
     assert lines["demo"]["metrics"]["demo_direction"]["value"] == 1.0
+    assert lines["demo"]["metrics"]["demo_shape"]["detail"] == {"asked": "circle", "seen": "circle"}
     assert "skipped" in lines["pan"]["metrics"]["demo_color"]  # not a demo-world prompt
     assert lines["still"]["metrics"]["dynamic_degree"]["value"] == 0.0
     assert lines["pan"]["metrics"]["dynamic_degree"]["value"] == 1.0
@@ -95,3 +97,14 @@ def test_an_empty_folder_is_named(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["eval", str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     assert "no video files" in capsys.readouterr().err
+
+
+def test_demo_shapes_are_read_from_how_much_of_their_box_they_fill():
+    from mugv.commands.eval import read_shape
+    from mugv.demo.world import COLORS, DIRECTIONS, SHAPES
+
+    for shape in SHAPES:
+        for colour, direction in zip(COLORS, DIRECTIONS):
+            frames = render(Scene(colour, shape, direction), frames=17, height=64, width=64, seed=len(shape))
+            assert read_shape(frames) == shape
+    assert read_shape(np.full((4, 64, 64, 3), 40, np.uint8)) is None  # background only
