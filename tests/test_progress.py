@@ -2,7 +2,7 @@ import io
 
 from tqdm import tqdm
 
-from mugv.utils.progress import LineProgress, progress_bar
+from mugv.utils.progress import LineProgress, progress_bar, track
 
 
 class FakeClock:
@@ -61,3 +61,12 @@ def test_progress_bar_is_live_on_a_terminal_lines_in_a_log_and_silent_when_disab
     with progress_bar(10, desc="x", unit="step", enabled=False, file=quiet) as bar:
         bar.update(10)
     assert quiet.getvalue() == ""
+
+
+def test_track_counts_each_item_after_its_work(capsys):
+    seen = []
+    for item in track(["a", "b", "c"], desc="eval", unit="video"):  # pytest's captured stderr is no terminal
+        seen.append((item, capsys.readouterr().err))
+    assert [item for item, _ in seen] == ["a", "b", "c"]
+    assert seen[1][1].startswith("eval:  33% 1/3") and seen[2][1].startswith("eval:  67% 2/3")
+    assert capsys.readouterr().err.startswith("eval: 100% 3/3")

@@ -11,13 +11,13 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from mugv.config import ConfigError
 from mugv.curate.scenes import ScenesConfig, detect_cuts
 from mugv.curate.sharpness import SharpnessConfig, sharpness_score
 from mugv.eval import naturalness, temporal
 from mugv.eval.scores import OFFICIAL, PROXY, Metric, NotMeasurable, Score, SetMetric, run_metric
+from mugv.utils.progress import track
 from mugv.video import resize, sample_indices, to_gray
 from mugv.video.reader import VideoError, decode, is_media_path
 
@@ -188,7 +188,7 @@ def evaluate(paths: list[Path], metrics: list[Metric], prompts: dict[str, str] |
     prompts = prompts or {}
     results = []
     collected: dict[str, list] = {m.name: [] for m in set_metrics}
-    for path in tqdm(paths, desc="mugv eval", unit="video", disable=not progress):
+    for path in track(paths, desc="mugv eval", unit="video", enabled=progress):
         prompt = prompts.get(path.stem, "")
         start = time.perf_counter()
         try:

@@ -4,20 +4,22 @@ A bar redraws itself with carriage returns, which a log file (`mugv demo > demo.
 as thousands of updates on one line. So when the bar's stream is not a terminal, progress is
 printed as whole lines instead: one each LINE_INTERVAL_S seconds or each LINE_FRACTION of the
 total, whichever comes first, and a last one when the work ends. Every progress bar in mugv is
-made by `progress_bar`.
+made by `progress_bar` (or `track`, for a loop over a list).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
 LINE_INTERVAL_S = 30.0
 LINE_FRACTION = 0.1
+
+T = TypeVar("T")
 
 
 def progress_bar(total: int | None, *, desc: str, unit: str, initial: int = 0, enabled: bool = True,
@@ -28,6 +30,14 @@ def progress_bar(total: int | None, *, desc: str, unit: str, initial: int = 0, e
         return LineProgress(total, desc=desc, unit=unit, initial=initial, file=stream)
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, file=stream,
                 dynamic_ncols=True)
+
+
+def track(items: Sequence[T], *, desc: str, unit: str, enabled: bool = True) -> Iterator[T]:
+    """The items of `items`, counted on a progress bar as each one's work ends."""
+    with progress_bar(len(items), desc=desc, unit=unit, enabled=enabled) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
 
 
 def _is_terminal(stream: IO[str]) -> bool:
