@@ -1,7 +1,11 @@
 import io
+import re
+from pathlib import Path
 
 from tqdm import tqdm
 
+import mugv
+from mugv.utils import progress
 from mugv.utils.progress import LineProgress, progress_bar, track
 
 
@@ -70,3 +74,10 @@ def test_track_counts_each_item_after_its_work(capsys):
     assert [item for item, _ in seen] == ["a", "b", "c"]
     assert seen[1][1].startswith("eval:  33% 1/3") and seen[2][1].startswith("eval:  67% 2/3")
     assert capsys.readouterr().err.startswith("eval: 100% 3/3")
+
+
+def test_every_progress_bar_is_made_by_the_helper():
+    imports_tqdm = re.compile(r"^\s*(from tqdm\b|import tqdm\b)", re.MULTILINE)
+    elsewhere = [str(path) for path in Path(mugv.__file__).parent.rglob("*.py")
+                 if path != Path(progress.__file__) and imports_tqdm.search(path.read_text())]
+    assert not elsewhere, f"use mugv.utils.progress instead of tqdm in {elsewhere}"
