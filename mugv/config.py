@@ -141,6 +141,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # The fused attention kernel to prefer on CUDA: auto (torch's order), cudnn, flash or efficient
+    # (mugv.models.attention; the unfused math kernel is never picked by a named choice).
+    attention_backend: Literal["auto", "cudnn", "flash", "efficient"] = "auto"
     # Parameters to keep fixed, as name patterns (e.g. "y_embedder.*" for the text embedder).
     freeze: list[str] = field(default_factory=list)
 

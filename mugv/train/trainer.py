@@ -21,6 +21,7 @@ from mugv.config import ConfigError, RunConfig, to_dict, to_toml
 from mugv.data.batch import LatentBatch
 from mugv.data.sources import DataSource, build_data_source
 from mugv.data.synthetic import SyntheticLatents
+from mugv.models.attention import attention_backend, describe_backend
 from mugv.models.dit.adapters import load_into, read_weights, save_safetensors
 from mugv.models.dit.model import MUGDiT
 from mugv.train.checkpoint import (
@@ -305,12 +306,14 @@ class Trainer:
         batch = batch.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         if self.dist and self.dist.pipelined:  # the schedule runs forward and backward per microbatch
-            with self.autocast():
+            with self.autocast(), attention_backend(self.cfg.train.attention_backend, self.device):
                 loss = self.dist.pipeline_step(self.objective, self.model, batch, self.generator)
         else:
-            with self.autocast():
-                loss = self.objective.loss(self.model, batch, self.generator)
-            loss.backward()
+            # the backward runs inside too: activation checkpointing recomputes attention there
+            with attention_backend(self.cfg.train.attention_backend, self.device):
+                with self.autocast():
+                    loss = self.objective.loss(self.model, batch, self.generator)
+                loss.backward()
         if self.dist:
             grad_norm = self.dist.finish_gradients(self.model, self.cfg.optim.grad_clip)
         else:
@@ -357,6 +360,7 @@ class Trainer:
                 logger.message(f"validation loss before training: {start['val/loss']:.4f}")
                 if main:
                     (run_dir / "validation-start.json").write_text(json.dumps(start, indent=2))
+            logger.message(describe_backend(cfg.train.attention_backend, self.device))
             while self.step < cfg.train.steps and not self.curriculum.finished:
                 self.apply_stage()
                 wait_start = time.perf_counter()
