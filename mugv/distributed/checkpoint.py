@@ -11,14 +11,21 @@ Directory layout of `step_00000100/`: the DCP files (`.metadata`, `__*_*.distcp`
 `model.*`, `optim.*` and any further tensor sets laid out like the parameters (EMA averages:
 `ema.*`, `power_ema_<i>.*`), `trainer.json` (step, scheduler, data position, config, the
 names of those sets; rank 0),
-`rng/rank_<r>.pt` (each rank's global RNG state), `rng/dp_<d>.pt` (the step generator of
-data-parallel rank d, which all its tp / cp / pp ranks share). As with single-process
-checkpoints the directory gets its final name only once complete.
+`rng/rank_<r>.safetensors` (each rank's global RNG state), `rng/dp_<d>.safetensors` (the step
+generator of data-parallel rank d, which all its tp / cp / pp ranks share). As with
+single-process checkpoints the directory gets its final name only once complete and on disk.
+
+DCP itself pickles: its `.metadata` file and the non-tensor values of the state (optimizer
+hyper-parameters) are unpickled on load. Before DCP reads a checkpoint, `.metadata` is parsed by
+an unpickler that admits only DCP's own metadata classes, and the values are read with
+`torch.load(weights_only=True)`, so a crafted checkpoint folder cannot run code.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
 import shutil
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -37,9 +44,16 @@ from mugv.distributed.tensor_parallel import (
 from mugv.train.checkpoint import (
     STEP_DIR,
     CheckpointError,
+    fsync_file,
     global_rng_state,
+    keep_last_checkpoints,
     list_checkpoints,
+    load_rng_file,
+    load_tensor_file,
+    publish,
+    refuse_pickled_rng,
     restore_global_rng_state,
+    save_rng_file,
 )
 
 
@@ -299,18 +313,20 @@ def save_distributed(
     tensors = tensors or {}
     state = {"model": model_state(model), "optim": optimizer_state(model, optimizer),
              **{name: canonical_tensors(model, values) for name, values in tensors.items()}}
-    torch.save({"global": global_rng_state()}, tmp / "rng" / f"rank_{_rank()}.pt")
+    # each rank makes its own files durable (on a shared file system rank 0 cannot do it for them)
+    rank_file = tmp / "rng" / f"rank_{_rank()}.safetensors"
+    save_rng_file(rank_file, global_state=global_rng_state())
+    fsync_file(rank_file)
     if dp_leader:  # one writer per data-parallel rank
-        torch.save({"generator": generator}, tmp / "rng" / f"dp_{dp_rank}.pt")
+        save_rng_file(tmp / "rng" / f"dp_{dp_rank}.safetensors", generator=generator)
+        fsync_file(tmp / "rng" / f"dp_{dp_rank}.safetensors")
 
     def finish() -> None:
         _barrier()
         if _rank() == 0:
             (tmp / "trainer.json").write_text(json.dumps({"step": step, "tensors": sorted(tensors), **meta}, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in list_checkpoints(root)[:-keep_last]:
-                shutil.rmtree(old)
+            publish(tmp, final)
+            keep_last_checkpoints(list_checkpoints(root), keep_last)
         _barrier()
 
     if async_save:
@@ -346,10 +362,11 @@ def load_distributed(
     """Load a DCP checkpoint into `model` / `optimizer` (and the named sets of `tensors`, see
     `save_distributed`) of any layout; returns (trainer meta, the step generator of
     data-parallel rank `dp_rank`, or None when the checkpoint has none)."""
-    import torch.distributed.checkpoint as dcp
-
     if not (path / "trainer.json").is_file() or not (path / ".metadata").is_file():
         raise CheckpointError(f"{path} is not a complete distributed checkpoint")
+    pickled = sorted((path / "rng").glob("*.pt"))
+    if pickled:
+        refuse_pickled_rng(pickled[0])
     meta = json.loads((path / "trainer.json").read_text())
     tensors = tensors or {}
     missing = sorted(set(tensors) - set(meta.get("tensors", [])))
@@ -360,17 +377,19 @@ def load_distributed(
                              **{name: canonical_tensors(model, own) for name, own in tensors.items()}}
     if optimizer is not None:
         state["optim"] = _optimizer_template(model, optimizer)
-    dcp.load(state, checkpoint_id=str(path))
+    _load_dcp(state, path)
     load_model_state(model, state["model"])
     for name, own in tensors.items():
         load_tensors(model, own, state[name])
     if optimizer is not None:
         load_optimizer_state(model, optimizer, state["optim"])
-    rng_file = path / "rng" / f"rank_{_rank()}.pt"
+    rng_file = path / "rng" / f"rank_{_rank()}.safetensors"
     if rng_file.is_file():
-        restore_global_rng_state(torch.load(rng_file, weights_only=False)["global"])
-    gen_file = path / "rng" / f"dp_{dp_rank}.pt"
-    generator = torch.load(gen_file, weights_only=False)["generator"] if gen_file.is_file() else None
+        _, global_state = load_rng_file(rng_file)
+        if global_state is not None:
+            restore_global_rng_state(global_state)
+    gen_file = path / "rng" / f"dp_{dp_rank}.safetensors"
+    generator = load_rng_file(gen_file)[0] if gen_file.is_file() else None
     return meta, generator
 
 
@@ -382,17 +401,95 @@ def read_tensor_set(path: Path, name: str = "model") -> dict[str, torch.Tensor]:
     """One tensor set of a DCP checkpoint (`model`, `ema`, ...) as plain full tensors in the
     MUG-V layout, read by this process alone (no process group needed): how tools such as
     `mugv expand` take the weights of a torchrun run."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     path = Path(path)
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"{path} is not a distributed checkpoint (no .metadata)")
     prefix = f"{name}."
-    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = _checked_metadata(path).state_dict_metadata
     tensors = {key[len(prefix):]: torch.empty(meta.size, dtype=meta.properties.dtype)
                for key, meta in saved.items() if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
     if not tensors:
         raise CheckpointError(f"checkpoint {path} holds no '{name}' tensors")
-    dcp.load({name: tensors}, checkpoint_id=str(path), no_dist=True)
+    _load_dcp({name: tensors}, path, no_dist=True)
     return tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# DCP reads without unpickling code
+# ----------------------------------------------------------------------------------------------
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Rebuilds a DCP `.metadata` file from DCP's own metadata classes, torch sizes, dtypes and
+    layouts, and paths; any other global (a function that would run on load) is refused before
+    its module is even imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not _metadata_global_allowed(module, name):
+            raise _ForbiddenGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+                     ("collections", "OrderedDict"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                     ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath")}
+
+
+def _metadata_global_allowed(module: str, name: str) -> bool:
+    if module == "torch.distributed.checkpoint.metadata":
+        import torch.distributed.checkpoint.metadata as metadata
+
+        # the classes defined there (dataclasses and enums that only hold values), nothing it imports
+        found = getattr(metadata, name, None)
+        return isinstance(found, type) and found.__module__ == module
+    if module == "torch":
+        found = getattr(torch, name, None)
+        return found is torch.Size or isinstance(found, torch.dtype)
+    return (module, name) in _METADATA_GLOBALS
+
+
+def _load_dcp(state: dict[str, Any], path: Path, **options: Any) -> None:
+    """`dcp.load` from `path` that unpickles nothing but values (`_checked_metadata`,
+    `_weights_only_planner`); a refusal surfaces as the CheckpointError it is, not wrapped."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    _checked_metadata(path)  # before DCP unpickles the same file without restriction
+    try:
+        dcp.load(state, checkpoint_id=str(path), planner=_weights_only_planner(path), **options)
+    except CheckpointException as err:
+        refused = [exc for exc, _ in err.failures.values() if isinstance(exc, CheckpointError)]
+        if refused:
+            raise refused[0] from None
+        raise
+
+
+def _checked_metadata(path: Path):
+    """The DCP metadata of checkpoint `path`, read with `_MetadataUnpickler`."""
+    metadata = path / ".metadata"
+    with open(metadata, "rb") as f:
+        try:
+            return _MetadataUnpickler(f).load()
+        except _ForbiddenGlobal as err:
+            raise CheckpointError(f"{metadata}: refused to load: it names {err}, which a DCP checkpoint never holds, "
+                                  "and unpickling it could run code") from None
+
+
+def _weights_only_planner(path: Path):
+    """DCP's default load planner, whose non-tensor values (read with `torch.load(weights_only=False)`)
+    first pass `torch.load(weights_only=True)`, which refuses pickled code."""
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            load_tensor_file(value, name=f"{path} (value {read_item.dest_index.fqn})")
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return WeightsOnlyLoadPlanner()

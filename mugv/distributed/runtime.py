@@ -195,5 +195,8 @@ class SilentLogger:
     def log(self, step: int, metrics: dict) -> None:
         return None
 
+    def sync(self) -> None:
+        return None
+
     def finish(self) -> None:
         return None

@@ -21,7 +21,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -130,16 +130,18 @@ def keep_last_checkpoints(checkpoints: list[Path], keep_last: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def load_tensor_file(path: Path, map_location: str | torch.device | None = None) -> Any:
+def load_tensor_file(source: Path | BinaryIO, map_location: str | torch.device | None = None,
+                     name: str | None = None) -> Any:
     """`torch.load` restricted to tensors and plain values (`weights_only=True`), so a crafted
-    file cannot run code; a file holding anything else is refused with a CheckpointError naming it."""
+    file cannot run code; one holding anything else is refused with a CheckpointError naming
+    `name` (default: the path)."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors and plain values"
-        raise CheckpointError(f"{path}: refused to load: it holds {what}, and unpickling that could run code; "
-                              "use checkpoints written by mugv from a trusted source") from None
+        raise CheckpointError(f"{name or source}: refused to load: it holds {what}, and unpickling that could run "
+                              "code; use checkpoints written by mugv from a trusted source") from None
 
 
 # ----------------------------------------------------------------------------------------------

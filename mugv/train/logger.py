@@ -1,8 +1,14 @@
-"""Where training progress goes: a progress bar, log lines, metrics.jsonl, TensorBoard, loss.png."""
+"""Where training progress goes: a progress bar, log lines, metrics.jsonl, TensorBoard, loss.png.
+
+`metrics.jsonl` holds one line per step: `sync` makes it durable before a checkpoint is
+published, and a resumed run first drops the lines after its checkpoint's step (the steps it
+redoes), so a run stopped at any moment and rerun has every step exactly once.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from mugv.config import LoggingConfig
@@ -24,7 +30,9 @@ class RunLogger:
         self.cfg = cfg
         self.total = total_steps
         self.bar = progress_bar(total_steps, initial=start_step, enabled=cfg.progress, desc="train", unit="step")
-        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        self.metrics_path = run_dir / "metrics.jsonl"
+        keep_metrics_up_to(self.metrics_path, start_step)
+        self.jsonl = self.metrics_path.open("a")
         self.writer = None
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -51,17 +59,19 @@ class RunLogger:
         if step % self.cfg.every_steps == 0 or step == self.total:
             self.message(format_metrics(step, self.total, metrics))
 
+    def sync(self) -> None:
+        """Put every logged step on disk (before a checkpoint that resumes after them is published)."""
+        self.jsonl.flush()
+        os.fsync(self.jsonl.fileno())
+
     def finish(self) -> None:
         """Draw the loss curve of the whole run (all resumed segments) to loss.png."""
         self.jsonl.flush()
-        loss_by_step = {}  # a resumed run rewrites the steps after its checkpoint: keep the last
-        for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            loss_by_step[record["step"]] = record["loss"]
-        if not loss_by_step:
+        records = [json.loads(line) for line in self.metrics_path.read_text().splitlines()]
+        if not records:
             return
-        steps = sorted(loss_by_step)
-        losses = [loss_by_step[s] for s in steps]
+        steps = [r["step"] for r in records]
+        losses = [r["loss"] for r in records]
         import matplotlib
 
         matplotlib.use("Agg")
@@ -82,3 +92,28 @@ class RunLogger:
         self.jsonl.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop the lines of `path` after `step`, and a last line cut short by a crash: a run resumed
+    at `step` logs the later steps again. The shortened file replaces the old one atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and _logged_step(line) <= step]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _logged_step(line: str) -> float:
+    """The step a metrics line records; infinity for a line a crash garbled (always dropped)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

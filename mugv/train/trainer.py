@@ -390,6 +390,7 @@ class Trainer:
                 every = cfg.checkpoint.every_steps
                 last = self.step == cfg.train.steps or self.curriculum.finished
                 if (every and self.step % every == 0) or last:
+                    logger.sync()  # the metrics of every step up to the checkpoint are on disk first
                     logger.message(f"saved {self.save_checkpoint()}")
             self.export_final(run_dir, write=main)
             logger.finish()

@@ -26,6 +26,7 @@ from torch import Tensor
 from mugv.config import ConfigError, to_toml
 from mugv.models.vae.adapters import load_into, read_state_dict
 from mugv.models.vae.model import DiagonalGaussian, MUGVideoVAE
+from mugv.train.checkpoint import keep_last_checkpoints, load_tensor_file, publish
 from mugv.utils.device import resolve_device
 from mugv.vae_train.config import VAERunConfig
 from mugv.vae_train.data import MediaPool, to_uint8
@@ -219,15 +220,13 @@ class VAETrainer:
             state["disc_optimizer"] = self.disc_optimizer.state_dict()
         torch.save(state, partial / "training_state.pt")
         (partial / "config.toml").write_text(to_toml(self.cfg))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)  # a checkpoint directory is complete or absent
-        for old in sorted(list_checkpoints(root))[: -self.cfg.checkpoint.keep_last]:
-            shutil.rmtree(old)
+        publish(partial, final)  # a checkpoint directory is complete (and on disk) or absent
+        keep_last_checkpoints(list_checkpoints(root), self.cfg.checkpoint.keep_last)
         return final
 
     def load_checkpoint(self, directory: Path) -> None:
         self.model.load_state_dict(load_file(directory / "model.safetensors", device=str(self.device)))
-        state = torch.load(directory / "training_state.pt", map_location=self.device, weights_only=True)
+        state = load_tensor_file(directory / "training_state.pt", map_location=self.device)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.discriminator is not None and self.disc_optimizer is not None:
             if "discriminator" not in state:
