@@ -74,6 +74,11 @@ def test_pairwise_keyboard_flow(tmp_path, live_server, browser):
         t0, t1 = _times(page)
         fps = 8.0
         assert abs(t0 - t1) < 1e-3 and abs((t0 * fps - 0.5) - round(t0 * fps - 0.5)) < 1e-3
+        for key, last in ((".", 7.5 / fps), (",", 0.5 / fps)):  # stepping stops at the last and first frames
+            for _ in range(10):
+                page.keyboard.press(key)
+            page.wait_for_function("[...document.querySelectorAll('video')].every(v => !v.seeking && v.paused)")
+            assert _times(page) == pytest.approx([last, last], abs=1e-3)
         page.keyboard.press("?")
         assert page.is_visible("#help")
         page.keyboard.press("Escape")

@@ -208,21 +208,26 @@ async function undo() {
 
 // ---- synchronised transport: the left clip leads, the right follows within half a frame ----
 
+// Re-seeking a paused clip to where it already is can make Chrome jump to its end: every seek goes
+// through setTime, which skips those. `loop` is set only while playing: Chrome wraps a paused
+// looping clip to 0 when it is seeked to its last frame.
+function setTime(v, t) { if (Math.abs(v.currentTime - t) > 1e-6) v.currentTime = t; }
 function playAll() {
   plays += 1;
-  for (const v of active()) { v.currentTime = leader().currentTime; v.play().catch(() => {}); }
+  const loop = $("loop").checked;
+  for (const v of active()) { v.loop = loop; setTime(v, leader().currentTime); v.play().catch(() => {}); }
 }
 function pauseAll() {
-  for (const v of active()) v.pause();
+  for (const v of active()) { v.pause(); v.loop = false; }
   const t = leader().currentTime;
-  for (const v of active()) if (v !== leader()) v.currentTime = t;
+  for (const v of active()) if (v !== leader()) setTime(v, t);
 }
 function togglePlay() { if (leader().paused) playAll(); else pauseAll(); refresh(); }
 function seekAll(t) {
   seeks += 1;
   const d = leader().duration || 0;
   t = Math.max(0, Math.min(t, Math.max(0, d - frameTime() / 2)));
-  for (const v of active()) v.currentTime = t;
+  for (const v of active()) setTime(v, t);
 }
 function stepFrames(n) {
   pauseAll();
@@ -235,9 +240,9 @@ function stepFrames(n) {
 function follow() {
   if (!item || item.videos.length < 2) return;
   const [a, b] = players;
-  if (!a.paused && b.paused) b.play().catch(() => {});
+  if (!a.paused && b.paused) { b.loop = a.loop; b.play().catch(() => {}); }
   if (a.paused && !b.paused) b.pause();
-  if (Math.abs(b.currentTime - a.currentTime) > frameTime() / 2 && !a.seeking) b.currentTime = a.currentTime;
+  if (Math.abs(b.currentTime - a.currentTime) > frameTime() / 2 && !a.seeking) setTime(b, a.currentTime);
 }
 
 function watchProgress(i) {
@@ -268,7 +273,7 @@ if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
 
 $("seek").addEventListener("input", (e) => seekAll(((leader().duration || 0) * e.target.value) / 1000));
 $("play").addEventListener("click", togglePlay);
-$("loop").addEventListener("change", (e) => players.forEach((v) => (v.loop = e.target.checked)));
+$("loop").addEventListener("change", (e) => players.forEach((v) => (v.loop = e.target.checked && !v.paused)));
 $("submit").addEventListener("click", submit);
 $("undo").addEventListener("click", undo);
 $("help-button").addEventListener("click", () => ($("help").hidden = !$("help").hidden));
