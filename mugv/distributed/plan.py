@@ -37,10 +37,14 @@ class RankMemory:
     grad_bytes: float
     optimizer_bytes: float
     working_bytes: float
+    average_bytes: float = 0.0  # EMA and power-EMA copies
+    resident_bytes: float = 0.0  # other pipeline stages' blocks this rank still holds
+    overhead_bytes: float = 0.0
 
     @property
     def total_bytes(self) -> float:
-        return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.working_bytes + self.activation_bytes
+        return (self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.working_bytes + self.activation_bytes
+                + self.average_bytes + self.resident_bytes + self.overhead_bytes)
 
 
 def _meta_local_params(cfg: RunConfig, dims: ParallelDims) -> tuple[dict[str, int], dict[str, int]]:
@@ -86,7 +90,42 @@ def stage_names(names, depth: int, blocks: range, first: bool, last: bool) -> li
     return keep
 
 
-def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int]) -> tuple[RankMemory, dict]:
+# CUDA context, NCCL buffers, cuBLAS / cuDNN workspaces and allocator fragmentation: a rule of
+# thumb for one H100-class rank (GPU-READINESS.md section 6), not a measurement.
+FIXED_OVERHEAD_GIB = 5.0
+
+
+def planned_sequence(cfg: RunConfig) -> tuple[int | None, str]:
+    """Tokens per sample the plan sizes activations for, and where that figure comes from.
+
+    Shard-based runs take their largest bucket: from the curriculum stages' `buckets`, else from
+    the shard index; `data.latent_*` describe only synthetic data.
+    """
+    from mugv.data.buckets import Bucket
+
+    m = cfg.model
+    if cfg.data.source != "shards":
+        d = cfg.data
+        return m.num_tokens(d.latent_frames, d.latent_height, d.latent_width), "data.latent_*"
+    names = [name for stage in cfg.stages for name in stage.buckets]
+    where = "the largest stage bucket"
+    if not names:
+        from mugv.data.shards import read_index
+        from mugv.errors import MugvError
+
+        try:
+            names = sorted({record["bucket"] for record in read_index(cfg.data.shards)})
+        except (OSError, ValueError, MugvError) as err:
+            return None, f"unknown: no stage buckets and no readable shard index at data.shards = " \
+                         f"{cfg.data.shards!r} ({err})"
+        where = f"the largest bucket in {cfg.data.shards}"
+    buckets = [Bucket.parse(name) for name in names]
+    largest = max(buckets, key=lambda b: m.num_tokens(*b.latent_shape))
+    return m.num_tokens(*largest.latent_shape), f"{where}, {largest.name}"
+
+
+def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int],
+             full: dict[str, int] | None = None) -> tuple[RankMemory, dict]:
     """Per-rank memory of pipeline stage 0 (the most loaded: it holds the most in-flight microbatches)."""
     p = cfg.parallel
     m = cfg.model
@@ -108,9 +147,9 @@ def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int]) -> tuple
         raise ConfigError(f"data.batch_size = {cfg.data.batch_size} (per data-parallel rank) must be divisible by "
                           f"parallel.pp_microbatches = {p.pp_microbatches}")
     param_bytes = 2 if p.param_dtype == "bf16" else 4
-    tokens = m.num_tokens(cfg.data.latent_frames, cfg.data.latent_height, cfg.data.latent_width)
+    tokens, source = planned_sequence(cfg)
     micro = cfg.data.batch_size / (p.pp_microbatches if dims.pp > 1 else 1)
-    tokens_per_rank = -(-tokens // (dims.cp * dims.tp)) * micro
+    tokens_per_rank = -(-(tokens or 0) // (dims.cp * dims.tp)) * micro
     in_flight = min(dims.pp, p.pp_microbatches) if dims.pp > 1 else 1
     act_dtype = 2 if (cfg.train.precision != "fp32") else 4
     saved = SAVED_PER_BLOCK[p.activation_checkpointing]
@@ -118,6 +157,10 @@ def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int]) -> tuple
     activations = per_block * blocks_here * in_flight
     if p.activation_checkpointing != "none":  # one block recomputed in full at a time
         activations += tokens_per_rank * m.hidden_size * SAVED_PER_BLOCK["none"] * act_dtype
+    averages = (1 if cfg.ema.decay else 0) + len(cfg.ema.power_sigma_rels)  # fp32, sharded like the params
+    # Under pipeline parallelism every rank builds the whole model and keeps the blocks of the
+    # other stages on its device (fp32, unsharded): counted until the trainer frees them.
+    resident = sum(v for n, v in (full or {}).items() if n not in names) * 4 if dims.pp > 1 else 0
     mem = RankMemory(
         params=params,
         unsharded_block=unsharded_block,
@@ -126,16 +169,19 @@ def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int]) -> tuple
         optimizer_bytes=params * 8,  # AdamW exp_avg + exp_avg_sq
         working_bytes=2 * unsharded_block * param_bytes if dims.fsdp_enabled else 0,  # current + prefetched block
         activation_bytes=activations,
+        average_bytes=params * 4 * averages,
+        resident_bytes=resident,
+        overhead_bytes=FIXED_OVERHEAD_GIB * GIB,
     )
-    info = {"tokens": tokens, "tokens_per_rank": tokens_per_rank, "blocks_here": blocks_here,
-            "in_flight": in_flight, "micro": micro}
+    info = {"tokens": tokens, "tokens_source": source, "tokens_per_rank": tokens_per_rank,
+            "blocks_here": blocks_here, "in_flight": in_flight, "micro": micro, "averages": averages}
     return mem, info
 
 
-def format_plan(cfg: RunConfig, world_size: int) -> str:
+def format_plan(cfg: RunConfig, world_size: int, device_memory_gib: float = 80.0) -> str:
     dims = ParallelDims.from_config(cfg.parallel, world_size, cfg.model)
     local, full = _meta_local_params(cfg, dims)
-    mem, info = estimate(cfg, dims, local)
+    mem, info = estimate(cfg, dims, local, full)
     m, p = cfg.model, cfg.parallel
     heads = m.num_heads // (dims.tp * dims.cp_ulysses)
     sharding = f"FSDP2 over dp_shard x cp = {dims.dp_shard * dims.cp}"
@@ -148,9 +194,10 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
         f"#   mesh       {dims.describe()}  (dims pp, dp_replicate, dp_shard, cp_ring, cp_ulysses, tp)",
         (f"#   data       {dims.dp} data-parallel replicas x batch {cfg.data.batch_size} = global batch "
          f"{dims.dp * cfg.data.batch_size} samples"),
-        (f"#   sequence   {info['tokens']} tokens per sample -> {info['tokens_per_rank']:.0f} per rank "
-         f"(cp {dims.cp} x tp {dims.tp}, padded), {heads} attention heads per rank "
-         f"(tp {dims.tp} x ulysses {dims.cp_ulysses}; ring {dims.cp_ring})"),
+        (f"#   sequence   {info['tokens']} tokens per sample ({info['tokens_source']}) -> "
+         f"{info['tokens_per_rank']:.0f} per rank (cp {dims.cp} x tp {dims.tp}, padded), {heads} attention heads "
+         f"per rank (tp {dims.tp} x ulysses {dims.cp_ulysses}; ring {dims.cp_ring})") if info["tokens"]
+        else f"#   sequence   {info['tokens_source']}: activations are left out of the total",
         (f"#   pipeline   {dims.pp} ranks x {p.pp_stages_per_rank} stage(s), schedule {p.pp_schedule}, "
          f"{p.pp_microbatches} microbatches; stage 0 holds {info['blocks_here']} blocks, "
          f"{info['in_flight']} microbatch(es) in flight") if dims.pp > 1
@@ -166,6 +213,17 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
         f"#   unsharded blocks (FSDP, 2 live) {mem.working_bytes / GIB:8.2f}",
         (f"#   activations ({p.activation_checkpointing:>9} AC)     {mem.activation_bytes / GIB:8.2f}"
          f"   ({info['micro']:g} samples per microbatch)"),
-        f"#   total                           {mem.total_bytes / GIB:8.2f}",
+        f"#   EMA / power-EMA averages ({info['averages']})    {mem.average_bytes / GIB:8.2f}",
     ]
+    if dims.pp > 1:
+        lines.append(f"#   other stages' blocks (resident)  {mem.resident_bytes / GIB:8.2f}")
+    total = mem.total_bytes / GIB
+    lines += [
+        f"#   fixed overhead (rule of thumb)  {mem.overhead_bytes / GIB:8.2f}",
+        f"#   total                           {total:8.2f}",
+        f"#   start-up peak: each rank builds the whole model in fp32 before sharding, "
+        f"{sum(full.values()) * 4 / GIB:.2f} GiB",
+    ]
+    if total > device_memory_gib:
+        lines.append(f"# WARNING: {total:.1f} GiB per rank exceeds {device_memory_gib:g} GiB of device memory")
     return "\n".join(lines)

@@ -40,3 +40,42 @@ def test_dry_run_rejects_a_layout_the_heads_cannot_take(capsys):
     code = main(["train", "--config", "debug", "--dry-run", "--world-size", "8", "--parallel.tp=8"])
     assert code == 2
     assert "num_heads = 4 must be divisible by parallel.tp x ulysses" in capsys.readouterr().err
+
+
+def plan_of(overrides, world=8, profile="debug"):
+    from mugv.distributed.plan import format_plan
+
+    return format_plan(load_config(profile, overrides), world)
+
+
+def figure(text, label):
+    return float(re.search(rf"{re.escape(label)}[^\d]*([\d.]+)", text).group(1))
+
+
+def test_shard_profiles_plan_for_their_largest_stage_bucket():
+    out = plan_of(["--data.source=shards", "--data.shards=/nonexistent", "--data.text_tokens=16",
+                   '--stages=[{name="a", steps=1, buckets=["1x256x256", "17x256x448"]}]'])
+    # 17 frames -> 3 latent frames; 256 x 448 -> 32 x 56 latents -> 16 x 28 patches
+    assert "1346 tokens per sample (the largest stage bucket, 17x256x448)" in out
+
+
+def test_without_buckets_or_an_index_the_sequence_is_reported_unknown():
+    out = plan_of(["--data.source=shards", "--data.shards=/nonexistent"])
+    assert "no readable shard index at data.shards = '/nonexistent'" in out
+    assert figure(out, "activations (") == 0
+
+
+def test_averages_resident_stages_and_overhead_are_counted():
+    size = ["--model.preset=2b", "--data.text_tokens=16"]
+    plain = plan_of(size)
+    with_ema = plan_of([*size, "--ema.decay=0.99", "--ema.power_sigma_rels=[0.05, 0.1]", "--ema.snapshot_every=10"])
+    params = figure(plain, "parameters (fp32 master)")
+    assert abs(figure(with_ema, "EMA / power-EMA averages (3)") - 3 * params) <= 0.015
+    assert figure(plain, "fixed overhead") == 5.0
+    piped = plan_of(["--parallel.pp=2", "--parallel.pp_microbatches=2", "--data.batch_size=2"], world=2)
+    assert figure(piped, "other stages' blocks (resident)") > 0
+
+
+def test_a_plan_beyond_the_device_memory_warns():
+    out = plan_of(["--model.preset=10b", "--data.text_tokens=16"], world=1)
+    assert "WARNING" in out and "exceeds 80 GiB" in out
