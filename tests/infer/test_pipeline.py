@@ -11,6 +11,7 @@ from mugv.infer.pipeline import (
     fill_crop,
     frame_size,
     frames_for_duration,
+    to_uint8,
 )
 from mugv.models.dit.config import DiTConfig
 from mugv.models.dit.model import MUGDiT
@@ -58,6 +59,19 @@ def test_video_continuation_keeps_the_given_frames(generator):
     video = np.random.default_rng(1).integers(0, 255, (12, 32, 48, 3), dtype=np.uint8)
     out = generator.generate(request(video=video, continue_frames=9))
     assert np.array_equal(out.frames[:9], video[:9])
+
+
+def test_frames_past_one_vae_chunk_line_up_with_their_latents(generator):
+    # 57 frames = 8 latent frames, past the VAE's 48-frame chunk. The reference image's latent
+    # holds 7 copies of it, then the image; the video is every latent decoded (64 frames) without
+    # those 7 copies, so frame i is latent frame (i + 7) // 8's (the release's crop would keep the
+    # copies and lose frames 41..47 instead).
+    image = np.random.default_rng(2).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    out = generator.generate(dataclasses.replace(request(image=image), num_frames=57))
+    with torch.no_grad():
+        every_frame = to_uint8(generator.vae.decode(out.latents, num_frames=64)[0])
+    assert out.frames.shape == (57, 32, 48, 3)
+    assert np.abs(out.frames[1:].astype(int) - every_frame[8:].astype(int)).max() <= 1
 
 
 def test_empty_negative_prompt_uses_the_null_text(generator):

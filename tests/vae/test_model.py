@@ -54,18 +54,48 @@ def test_zero_padding_and_its_crop_sit_at_the_front_of_the_last_chunk(tiny_vae):
     assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:])
 
 
-def test_release_crop_past_one_chunk_keeps_frame_zero_copies(tiny_vae):
-    # 57 frames = 7 copies of frame 0 + 57 frames in chunks of 48 + 16. The release's decode
-    # crops at the front of the last chunk: it keeps the copies and drops frames 41..47.
-    # Training (forward) crops the copies instead, so frame i reconstructs frame i.
-    video = random_video(57, 8, 8, seed=7)
+@pytest.mark.parametrize("frames", [49, 57, 105])
+def test_decode_of_encode_returns_input_frame_i_as_frame_i(tiny_vae, frames):
+    # A clip of 8k + 1 frames is encoded exactly as the 8k + 8 frames in which frame 0 shows 8
+    # times (a multiple of 8: no padding, and decoded with no crop), so frame j + 7 of that
+    # decode reconstructs input frame j. decode(z, frames) drops those 7 extra showings, as
+    # training's forward does. Past one 48-frame chunk the release's crop drops 7 real frames at
+    # the front of the last chunk instead and keeps the copies: crop="release".
+    video = random_video(frames, 8, 8, seed=frames)
+    frame_0_shown_8_times = torch.cat([video[:, :, :1].expand(-1, -1, 7, -1, -1), video], dim=2)
     with torch.no_grad():
         z = tiny_vae.encode(video)
-        whole, cropped = tiny_vae.decode(z), tiny_vae.decode(z, num_frames=57)
+        # At 8 x 8 the deepest GroupNorms see 4 values each and amplify reduction-order noise.
+        assert_close_to_scale(z, tiny_vae.encode(frame_0_shown_8_times), rel=1e-4)
+        shown = tiny_vae.decode(z)
+        decoded, release = tiny_vae.decode(z, num_frames=frames), tiny_vae.decode(z, frames, crop="release")
         recon, _ = tiny_vae(video, sample=False)
-    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
-    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 55:])
-    assert_close_to_scale(recon, whole[:, :, 7:])
+    assert decoded.shape == release.shape == video.shape
+    assert_close_to_scale(decoded, shown[:, :, 7:])
+    assert_close_to_scale(recon, decoded)
+    last_chunk = 48 * ((frames - 1) // 48)  # first frame of the last 48-frame chunk of 8k + 8
+    assert_close_to_scale(release[:, :, :last_chunk], shown[:, :, :last_chunk])
+    assert_close_to_scale(release[:, :, last_chunk:], shown[:, :, last_chunk + 7 :])
+
+
+def test_release_crop_differs_only_at_1_mod_8_frames_past_one_chunk(tiny_vae):
+    differing = []
+    for frames in range(1, 8 * 20 + 1):
+        latent_frames = tiny_vae.cfg.latent_frames(frames)
+        aligned = tiny_vae._crop(latent_frames, frames, "aligned")
+        release = tiny_vae._crop(latent_frames, frames, "release")
+        assert aligned.stop - aligned.start == release.stop - release.start == 8 * latent_frames - frames
+        if aligned != release:
+            differing.append(frames)
+    assert differing == list(range(49, 8 * 20, 8))
+    # With the whole clip as one encode chunk the two crops are the same at every length.
+    unpadded = clone_with(tiny_vae, encode_chunk_frames=0)
+    assert all(unpadded._crop(14, frames, "aligned") == unpadded._crop(14, frames, "release") for frames in range(105, 113))
+
+
+def test_decode_rejects_unknown_crops(tiny_vae):
+    with pytest.raises(ValueError, match="crop must be one of 'aligned', 'release', not 'front'"):
+        tiny_vae.decode(torch.randn(1, 24, 2, 1, 1), num_frames=9, crop="front")
 
 
 def test_decode_rejects_frame_counts_the_latents_cannot_hold(tiny_vae):

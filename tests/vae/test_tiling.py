@@ -4,7 +4,7 @@ import torch
 from mugv.models.vae.tiling import blend_tiles, tile_spans
 
 from numerics_testing import assert_close_to_scale
-from vae_testing import clone_with, moving_square, random_video
+from vae_testing import clone_with, moving_square, random_video, trained_tiny_vae
 
 
 @pytest.mark.parametrize(("size", "tile", "overlap"), [(40, 16, 8), (56, 24, 8), (100, 32, 16), (8, 16, 8), (16, 16, 8)])
@@ -54,14 +54,21 @@ def test_tiled_vae_covers_uneven_frames(tiny_vae):
 
 
 def test_tiled_decode_crops_time_padding_where_untiled_does(tiny_vae):
-    # 50 frames: the 6 padding frames sit at the front of the last 48-frame chunk, tile by tile.
+    # 50 frames: the 6 padding frames sit at the front of the last 48-frame chunk, tile by tile;
+    # 57 frames: the 7 copies of frame 0 at the front, or the release's 7 at frame 48.
     tiled = clone_with(tiny_vae, tile_size=32, tile_overlap=16)
-    z = torch.randn(1, 24, 7, 5, 4, generator=torch.Generator().manual_seed(8))  # 2 tiles
+    z = torch.randn(1, 24, 8, 5, 4, generator=torch.Generator().manual_seed(8))  # 2 tiles
     with torch.no_grad():
-        whole, cropped = tiled.decode(z), tiled.decode(z, num_frames=50)
-    assert cropped.shape == (1, 3, 50, 40, 32)
-    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
-    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:])
+        whole = tiled.decode(z[:, :, :7])
+        cropped = tiled.decode(z[:, :, :7], num_frames=50)
+        assert cropped.shape == (1, 3, 50, 40, 32)
+        assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
+        assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:])
+        whole = tiled.decode(z)
+        aligned, release = tiled.decode(z, num_frames=57), tiled.decode(z, num_frames=57, crop="release")
+    assert_close_to_scale(aligned, whole[:, :, 7:])
+    assert_close_to_scale(release[:, :, :48], whole[:, :, :48])
+    assert_close_to_scale(release[:, :, 48:], whole[:, :, 55:])
 
 
 def test_tiled_agrees_with_untiled_on_the_trained_tiny_vae():
@@ -71,17 +78,10 @@ def test_tiled_agrees_with_untiled_on_the_trained_tiny_vae():
     their quality; latents within 35 % relative error. (Measured: 22.1 dB, 0.24 dB, 30 %.)
     Random weights are far from local (GroupNorm and attention statistics span the whole
     tile), so only a trained model can show the agreement."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     from mugv.eval.recon import psnr
-    from mugv.models.vae import MUGVideoVAE, VAEConfig
     from mugv.vae_train.data import to_model_range
 
-    weights = load_file(Path(__file__).resolve().parents[1] / "golden" / "vae_tiny_trained_fp16.safetensors")
-    untiled = MUGVideoVAE(VAEConfig.from_preset("tiny")).eval()
-    untiled.load_state_dict({k: v.float() for k, v in weights.items()})
+    untiled = trained_tiny_vae()
     tiled = clone_with(untiled, tile_size=64, tile_overlap=32)
     video = to_model_range(moving_square(9, 128, 3)[None])
     with torch.no_grad():

@@ -14,7 +14,7 @@ from mugv.config import ConfigError, load_config
 from mugv.video import write_mp4
 
 from numerics_testing import assert_close_to_scale
-from vae_testing import moving_square
+from vae_testing import moving_square, trained_tiny_vae
 from mugv.vae_train.config import VAERunConfig
 from mugv.vae_train.data import MediaError, MediaPool, discover
 from mugv.vae_train.trainer import VAETrainer, list_checkpoints
@@ -207,6 +207,29 @@ def test_cli_train_eval_stats(media_dir, tmp_path, capsys):
     assert stats["latent_elements_per_channel"] == 1 * 2 * 2
     assert "latent_mean = [" in capsys.readouterr().out
     assert set(load_file(checkpoint / "model.safetensors")) == set(model.state_dict())
+
+
+def test_eval_scores_each_frame_against_its_own_reconstruction(tmp_path):
+    # 57 frames, 1 mod 8 past one 48-frame chunk: eval's PSNR is that of forward's reconstruction
+    # (frame i against frame i), not of the release's crop, which would score copies of frame 0
+    # against frames 0..6 and frames 0..40 against frames 7..47, and drop frames 41..47.
+    from mugv.eval.recon import psnr
+    from mugv.vae_train.evaluate import evaluate, load_clips
+
+    write_mp4(tmp_path / "long.mp4", moving_square(57, 32, 1), fps=8)
+    model = trained_tiny_vae()
+    report = evaluate(model, [str(tmp_path / "long.mp4")], 32, 32, 57)
+    (_, clip), = load_clips([str(tmp_path / "long.mp4")], 32, 32, 57)[0]
+    with torch.no_grad():
+        aligned, _ = model(clip, sample=False)
+        release = model.decode(model.encode(clip), 57, crop="release")
+
+    def unit(v: torch.Tensor) -> torch.Tensor:
+        return (v.clamp(-1, 1) + 1) / 2
+
+    assert report.clips[0].frames == 57
+    assert abs(report.clips[0].psnr - psnr(unit(aligned), unit(clip))) < 1e-4
+    assert report.clips[0].psnr > psnr(unit(release), unit(clip)) + 0.1  # measured 9.88 vs 9.71 dB
 
 
 def test_bf16_is_refused_on_cpu(media_dir, tmp_path):

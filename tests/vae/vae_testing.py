@@ -1,11 +1,15 @@
 """Helpers shared by the VAE tests."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from mugv.models.vae import MUGVideoVAE
+from mugv.models.vae import MUGVideoVAE, VAEConfig
+
+TRAINED_TINY_WEIGHTS = Path(__file__).resolve().parents[1] / "golden" / "vae_tiny_trained_fp16.safetensors"
 
 
 def clone_with(model: MUGVideoVAE, **changes) -> MUGVideoVAE:
@@ -13,6 +17,13 @@ def clone_with(model: MUGVideoVAE, **changes) -> MUGVideoVAE:
     other = MUGVideoVAE(dataclasses.replace(model.cfg, **changes)).eval()
     other.load_state_dict(model.state_dict())
     return other
+
+
+def trained_tiny_vae() -> MUGVideoVAE:
+    """The tiny flavor trained 1,200 CPU steps on real footage (docs/vae.md), in fp32."""
+    model = MUGVideoVAE(VAEConfig.from_preset("tiny")).eval()
+    model.load_state_dict({k: v.float() for k, v in load_file(TRAINED_TINY_WEIGHTS).items()})
+    return model
 
 
 def random_video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,10 @@ Time padding follows the release exactly (docs/vae.md has the table): a clip who
 mod 8 gets its first frame replicated 7 times at the front, so that frame 0 is its own group (an
 image is one latent frame); any other length that is not a multiple of 8 is zero-padded (in
 spatial-feature space) at the front of its last 48-frame encode chunk. `decode(z, num_frames)`
-crops the padding from the front of the last chunk, as the release does, for every length.
+crops the padding where encoding put it, so output frame i reconstructs input frame i at every
+length. That is the release's crop too, except for 1 mod 8 frames past one chunk (49, 57, ...,
+105), where the release crops at the front of the last chunk instead and keeps the copies of
+frame 0; `decode(z, num_frames, crop="release")` reproduces it.
 
 Entry points: :meth:`MUGVideoVAE.forward` (training: whole clip, raw latents, posterior), and
 :meth:`MUGVideoVAE.encode` / :meth:`MUGVideoVAE.decode` (inference: chunked in time, optionally
@@ -28,10 +31,13 @@ from torch import Tensor, nn
 from mugv.models.vae.config import VAEConfig
 from mugv.models.vae.tiling import blend_tiles, tile_spans
 
-__all__ = ["DiagonalGaussian", "MUGVideoVAE", "SpatialAutoencoder", "TemporalAutoencoder"]
+__all__ = ["DECODE_CROPS", "DiagonalGaussian", "MUGVideoVAE", "SpatialAutoencoder", "TemporalAutoencoder"]
 
 SPATIAL_NORM_EPS = 1e-6  # diffusers AutoencoderKL
 TEMPORAL_NORM_EPS = 1e-5  # nn.GroupNorm default, as the temporal stage was trained
+# Where `decode(z, num_frames)` drops padding frames: where encoding put them, or where the
+# release's decode does (they differ only at 1 mod 8 frames past one encode chunk).
+DECODE_CROPS = ("aligned", "release")
 
 
 class DiagonalGaussian:
@@ -451,15 +457,20 @@ class MUGVideoVAE(nn.Module):
         chunk = self.cfg.decode_chunk_latents or z.shape[2]
         return torch.cat([self.temporal.decode(z[:, :, i : i + chunk]) for i in range(0, z.shape[2], chunk)], dim=2)
 
-    def decode_raw(self, z: Tensor, num_frames: int | None = None) -> Tensor:
-        """Raw latents -> pixels, untiled. With `num_frames`, the padding frames are cropped from
-        the front of the last `encode_chunk_frames` chunk, as the release crops them."""
-        feats = self._decode_time(z)
-        if num_frames is not None:
-            self._check_frame_count(z.shape[2], num_frames)
-            start = self._last_chunk_start(z.shape[2])
-            feats = _drop_frames(feats, slice(start, start + feats.shape[2] - num_frames))
-        return self._spatial_decode(feats)
+    def decode_raw(self, z: Tensor, num_frames: int | None = None, crop: str = "aligned") -> Tensor:
+        """Raw latents -> pixels, untiled; `num_frames` and `crop` as in :meth:`decode`."""
+        dropped = slice(0, 0) if num_frames is None else self._crop(z.shape[2], num_frames, crop)
+        return self._spatial_decode(_drop_frames(self._decode_time(z), dropped))
+
+    def _crop(self, latent_frames: int, num_frames: int, crop: str) -> slice:
+        """The decoded frames that `decode(z, num_frames, crop)` drops."""
+        if crop not in DECODE_CROPS:
+            raise ValueError(f"crop must be one of {', '.join(map(repr, DECODE_CROPS))}, not {crop!r}")
+        self._check_frame_count(latent_frames, num_frames)
+        if crop == "aligned":
+            return self._padding(num_frames)
+        start = self._last_chunk_start(latent_frames)
+        return slice(start, start + latent_frames * self.cfg.temporal_factor - num_frames)
 
     def _check_frame_count(self, latent_frames: int, num_frames: int) -> None:
         group = self.cfg.temporal_factor
@@ -475,8 +486,8 @@ class MUGVideoVAE(nn.Module):
         self, video: Tensor, sample: bool = True, generator: torch.Generator | None = None
     ) -> tuple[Tensor, DiagonalGaussian]:
         """Reconstruct a clip through raw (unnormalised) latents; returns (recon, posterior).
-        The padding is cropped where encoding put it, so recon[:, :, i] reconstructs frame i even
-        where the release's `decode` crop would not (1 mod 8 frames past one chunk)."""
+        The padding is cropped where encoding put it, as `decode(z, T)` crops it, so
+        recon[:, :, i] reconstructs frame i."""
         posterior = DiagonalGaussian(self.encode_moments(video))
         z = posterior.sample(generator) if sample else posterior.mode()
         feats = _drop_frames(self._decode_time(z), self._padding(video.shape[2]))
@@ -507,18 +518,21 @@ class MUGVideoVAE(nn.Module):
         posterior = self.encode_posterior(video)
         return self.normalize(posterior.sample(generator) if sample else posterior.mode())
 
-    def decode(self, z: Tensor, num_frames: int | None = None) -> Tensor:
+    def decode(self, z: Tensor, num_frames: int | None = None, crop: str = "aligned") -> Tensor:
         """Normalised latents -> pixels. `num_frames` defaults to 8 per latent frame; any count
-        the latents can hold (8n - 7 .. 8n for n latent frames) crops the padding from the front of
-        the last 48-frame chunk, as the release does (see docs/vae.md for 8n + 1 frames past one
-        chunk, where that crop keeps the copies of frame 0 and drops 7 real frames)."""
+        the latents can hold (8n - 7 .. 8n for n latent frames) drops the 8n - num_frames padding
+        frames. `crop="aligned"` drops them where encoding a clip of `num_frames` put them, so
+        frame i of `decode(encode(x), T)` reconstructs frame i of x at every length.
+        `crop="release"` drops them at the front of the last 48-frame chunk, as the release's
+        decode does: the same crop except at 1 mod 8 frames past one chunk (49, 57, ..., 105),
+        where it keeps the 7 copies of frame 0 and drops 7 real frames (docs/vae.md)."""
         raw = self.denormalize(z)
         tile, f = self.cfg.tile_size, self.cfg.spatial_factor
         if not tile or max(z.shape[-2:]) * f <= tile:
-            return self.decode_raw(raw, num_frames)
+            return self.decode_raw(raw, num_frames, crop)
         overlap = self.cfg.tile_overlap // f
         return blend_tiles(
-            lambda rows, cols: self.decode_raw(raw[..., rows, cols].contiguous(), num_frames),
+            lambda rows, cols: self.decode_raw(raw[..., rows, cols].contiguous(), num_frames, crop),
             tile_spans(z.shape[-2], tile // f, overlap),
             tile_spans(z.shape[-1], tile // f, overlap),
             overlap,
