@@ -141,6 +141,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # What the model is trained on: a name in mugv.train.objectives.OBJECTIVES ("flow": rectified flow).
+    objective: str = "flow"
     # The fused attention kernel to prefer on CUDA: auto (torch's order), cudnn, flash or efficient
     # (mugv.models.attention; the unfused math kernel is never picked by a named choice).
     attention_backend: Literal["auto", "cudnn", "flash", "efficient"] = "auto"

@@ -36,7 +36,7 @@ from mugv.train.metrics import batch_train_flops, device_peak_tflops, peak_memor
 from mugv.train.curriculum import Curriculum, StageSettings
 from mugv.train.ema import EMA, PowerEMA
 from mugv.train.lora import apply_lora, lora_state_dict
-from mugv.train.objective import FlowMatchingObjective
+from mugv.train.objectives import build_objective, build_reference
 from mugv.train.validation import validation_loss
 from mugv.utils.device import resolve_device
 
@@ -98,7 +98,7 @@ class Trainer:
     ):
         self.cfg = cfg
         # Under torchrun (WORLD_SIZE > 1): process group, mesh and parallelized model; else None.
-        from mugv.distributed.parallelize import apply_block_transforms
+        from mugv.distributed.parallelize import apply_block_transforms, parallelize_dit
         from mugv.distributed.runtime import init_distributed
 
         self.dist = init_distributed(cfg)
@@ -114,16 +114,24 @@ class Trainer:
             # each pipeline rank holds only its stages: the exports would need a gather across them
             raise ConfigError("ema.* and lora.* are not supported with parallel.pp > 1: use FSDP / tensor / context "
                               "parallelism, or average checkpoints afterwards with `mugv ema ensemble`")
+        self.curriculum = Curriculum(cfg)
+        self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy)
+        # made before parallelizing, so that a frozen copy is sharded like the model
+        self.reference = build_reference(self.objective.reference, self.model)
         if self.dist:
             self.dist.parallelize(self.model)
+            if self.reference is not None and self.reference.separate:
+                if self.dist.dims.pp > 1:
+                    raise ConfigError(f"train.objective = {cfg.train.objective!r} keeps a frozen reference copy, "
+                                      "which parallel.pp > 1 does not support")
+                parallelize_dit(self.reference.module, self.dist.dims, self.dist.mesh, cfg.parallel,
+                                rank=self.dist.rank)
         else:  # one process is a trivial mesh: checkpointing and compile apply all the same
             apply_block_transforms(list(self.model.blocks), cfg.parallel)
         self.data = data or (self.dist.data_source() if self.dist else build_data_source(cfg))
-        self.curriculum = Curriculum(cfg)
         self.samples_seen = 0
         self._image_fraction: float | None = None
         self._buckets: list[str] = []
-        self.objective = FlowMatchingObjective(cfg.flow, self.curriculum.settings(0, 0).policy)
         # what is trained and checkpointed: the model, or (pipeline parallel) this rank's stages
         self.trained = self.dist.trained_modules(self.model) if self.dist else self.model
         trained = torch.nn.ModuleList(self.trained) if isinstance(self.trained, list) else self.trained
@@ -308,11 +316,13 @@ class Trainer:
         if self.dist and self.dist.pipelined:  # the schedule runs forward and backward per microbatch
             with self.autocast(), attention_backend(self.cfg.train.attention_backend, self.device):
                 loss = self.dist.pipeline_step(self.objective, self.model, batch, self.generator)
+            objective_metrics = {}
         else:
             # the backward runs inside too: activation checkpointing recomputes attention there
             with attention_backend(self.cfg.train.attention_backend, self.device):
                 with self.autocast():
-                    loss = self.objective.loss(self.model, batch, self.generator)
+                    out = self.objective.compute(self.model, batch, self.generator, self.reference)
+                loss, objective_metrics = out.loss, out.metrics
                 loss.backward()
         if self.dist:
             grad_norm = self.dist.finish_gradients(self.model, self.cfg.optim.grad_clip)
@@ -328,7 +338,7 @@ class Trainer:
         if self.power_ema is not None:
             self.power_ema.update(self.model)
         loss_value = self.dist.mean_over_dp(loss) if self.dist else loss.item()
-        return {"loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr}
+        return {"loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr, **objective_metrics}
 
     def fit(self) -> list[dict[str, float]]:
         """Train through the curriculum (at most `train.steps`), checkpointing as configured;

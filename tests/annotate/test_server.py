@@ -176,7 +176,7 @@ def run_clients(base: str, tokens: list[str], answers_each: int, retries: int = 
 
 
 def test_twenty_concurrent_clients_lose_and_duplicate_nothing(tmp_path):
-    answers_each = 25  # benchmarks/annotate_load.py runs 20 x 500
+    answers_each = 15  # benchmarks/annotate_load.py runs 20 x 500
     campaign = build_campaign(tmp_path, prompts=answers_each, annotators=20, labels_per_item=20)
     db = tmp_path / "load.sqlite"
     proc, base = _spawn(campaign.path, db)
