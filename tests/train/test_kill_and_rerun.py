@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-STEPS = 8
+STEPS = 10
 
 
 def command(run_dir: Path) -> list[str]:
@@ -90,6 +90,7 @@ def test_runs_killed_at_random_moments_and_rerun_end_bit_identical(tmp_path):
             log.append(kill_after_steps(process, steps, moments.uniform(0.0, 0.4)))
         process.wait(timeout=300)
         assert process.returncode == -signal.SIGKILL, log
+    print("killed:", "; ".join(log))  # shown with pytest -rP
     assert "during a save" in log, log
     assert "resumed from" in run_to_the_end(killed), log
 
