@@ -48,7 +48,7 @@ from mugv.models.dit.config import DiTConfig  # noqa: E402
 from mugv.models.dit.model import MUGDiT  # noqa: E402
 from mugv.models.dit.rope import rope_angles  # noqa: E402
 from mugv.train.metrics import batch_train_flops  # noqa: E402
-from mugv.train.objective import ConditioningPolicy, FlowMatchingObjective  # noqa: E402
+from mugv.train.objectives import ConditioningPolicy, FlowMatchingObjective  # noqa: E402
 
 IMPORT_SECONDS = round(time.perf_counter() - _IMPORT_START, 2)  # torch and mugv
 
@@ -497,7 +497,7 @@ def train_step_fn(bench: Bench, model: MUGDiT, batch: LatentBatch, autocast: boo
         ctx = torch.autocast(bench.device.type, dtype=torch.bfloat16) if autocast and bench.cuda \
             else contextlib.nullcontext()
         with ctx:
-            loss = objective.loss(model, batch, gen)
+            loss = objective.compute(model, batch, gen).loss
         loss.backward()
         state["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
         optimizer.step()

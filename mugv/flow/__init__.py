@@ -5,7 +5,7 @@ what the model sees; x_sigma = (1 - sigma) * x0 + sigma * noise; the model predi
 v = x0 - noise, pointing from noise toward data.
 """
 
-from mugv.flow.loss import masked_flow_loss
+from mugv.flow.loss import masked_flow_loss, per_sample_flow_loss
 from mugv.flow.path import interpolate, velocity_target
 from mugv.flow.sampler import CFGVelocity, euler_sample
 from mugv.flow.timesteps import sample_sigmas, sampling_sigmas, shift_ratio, shift_sigma
@@ -15,6 +15,7 @@ __all__ = [
     "euler_sample",
     "interpolate",
     "masked_flow_loss",
+    "per_sample_flow_loss",
     "sample_sigmas",
     "sampling_sigmas",
     "shift_ratio",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mugv.config import OptimConfig, RunConfig, StageConfig
-from mugv.train.objective import ConditioningPolicy
+from mugv.train.objectives.flow import ConditioningPolicy
 from mugv.train.schedule import lr_multiplier
 
 

@@ -8,6 +8,7 @@ and merging is a plain `weight += scale * B @ A`.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,9 @@ from mugv.config import LoRAConfig
 LORA_FACTORS = ("lora_A", "lora_B")  # the parameter names on an adapted layer: A (rank x in), B (out x rank)
 
 
-def _lora_output(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+def _lora_output(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    if not module.lora_enabled:
+        return None  # the base layer alone
     x = args[0]
     return output + module.lora_scale * F.linear(F.linear(x, module.lora_A.to(x.dtype)), module.lora_B.to(x.dtype))
 
@@ -52,8 +55,26 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> dict[str, nn.Linear]:
         module.lora_B = nn.Parameter(torch.zeros(module.out_features, cfg.rank, device=weight.device, dtype=torch.float32))
         nn.init.kaiming_uniform_(module.lora_A, a=math.sqrt(5))
         module.lora_scale = cfg.alpha / cfg.rank
+        module.lora_enabled = True
         module._lora_hook = module.register_forward_hook(_lora_output)
     return layers
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(hasattr(module, "lora_A") for module in model.modules())
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module):
+    """Run `model` as its base weights: every adapter off inside the block, back on after it."""
+    layers = [module for module in model.modules() if hasattr(module, "lora_A")]
+    for module in layers:
+        module.lora_enabled = False
+    try:
+        yield model
+    finally:
+        for module in layers:
+            module.lora_enabled = True
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -83,6 +104,6 @@ def merge_lora(model: nn.Module) -> int:
             delta = module.lora_scale * (module.lora_B.float() @ module.lora_A.float())
             module.weight.add_(delta.to(module.weight.dtype))
             module._lora_hook.remove()
-            del module.lora_A, module.lora_B, module.lora_scale, module._lora_hook
+            del module.lora_A, module.lora_B, module.lora_scale, module.lora_enabled, module._lora_hook
             merged += 1
     return merged

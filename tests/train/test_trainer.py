@@ -11,7 +11,7 @@ from mugv.data.synthetic import SyntheticLatents
 from mugv.models.dit.adapters import CheckpointLayoutError
 from mugv.models.dit.model import MUGDiT
 from mugv.train.checkpoint import CheckpointError, list_checkpoints
-from mugv.train.objective import ConditioningPolicy, FlowMatchingObjective
+from mugv.train.objectives import ConditioningPolicy, FlowMatchingObjective
 from mugv.train.schedule import lr_multiplier
 from mugv.train.trainer import Trainer
 

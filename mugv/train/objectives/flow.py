@@ -1,4 +1,4 @@
-"""The rectified-flow training objective with frame conditioning and caption dropout."""
+"""The rectified-flow objective with frame conditioning and caption dropout: the training default."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from mugv.config import FlowConfig
 from mugv.data.batch import LatentBatch
-from mugv.flow import interpolate, masked_flow_loss, sample_sigmas, shift_ratio, shift_sigma, velocity_target
+from mugv.flow import interpolate, per_sample_flow_loss, sample_sigmas, shift_ratio, shift_sigma, velocity_target
 from mugv.models.dit.model import MUGDiT
+from mugv.train.objectives.base import ObjectiveOutput, ReferenceMode
 
 
 @dataclass
@@ -64,6 +65,11 @@ class StepInputs:
 
 
 class FlowMatchingObjective:
+    """Velocity regression on the noised frames; needs no reference model."""
+
+    name = "flow"
+    reference = ReferenceMode.NONE
+
     def __init__(self, flow: FlowConfig, policy: ConditioningPolicy):
         self.flow = flow
         self.policy = policy
@@ -112,9 +118,9 @@ class FlowMatchingObjective:
             sample_weight=torch.full((b,), weight, device=device),
         )
 
-    def loss(self, model: MUGDiT, batch: LatentBatch, generator: torch.Generator) -> torch.Tensor:
-        inputs = self.prepare(model, batch, generator)
-        prediction = model(
+    def predict(self, model, inputs: StepInputs, batch: LatentBatch) -> torch.Tensor:
+        """The model's prediction for prepared inputs (the policy or, for preference objectives, a reference)."""
+        return model(
             inputs.noisy,
             inputs.sigma * self.flow.num_train_timesteps,
             inputs.text,
@@ -122,4 +128,9 @@ class FlowMatchingObjective:
             text_mask=inputs.text_mask,
             frame_mask=inputs.frame_mask,
         )
-        return masked_flow_loss(prediction, inputs.target, inputs.frame_mask, inputs.sample_weight)
+
+    def compute(self, model: MUGDiT, batch: LatentBatch, generator: torch.Generator, reference=None) -> ObjectiveOutput:
+        inputs = self.prepare(model, batch, generator)
+        per_sample = per_sample_flow_loss(self.predict(model, inputs, batch), inputs.target, inputs.frame_mask)
+        loss = (per_sample * inputs.sample_weight.to(per_sample.dtype)).mean()
+        return ObjectiveOutput(loss=loss, per_sample=per_sample.detach())

@@ -1,0 +1,32 @@
+"""Training objectives behind one seam (base.Objective); the trainer builds one by name
+(`train.objective`) and only calls its `compute`. A new objective is a module here plus an entry
+in OBJECTIVES."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mugv.config import RunConfig
+from mugv.errors import ConfigError
+from mugv.train.objectives.base import Objective, ObjectiveOutput, ReferenceMode
+from mugv.train.objectives.flow import ConditioningPolicy, FlowMatchingObjective, StepInputs
+from mugv.train.objectives.reference import ReferenceModel, build_reference
+
+OBJECTIVES: dict[str, Callable[[RunConfig, ConditioningPolicy], Objective]] = {
+    "flow": lambda cfg, policy: FlowMatchingObjective(cfg.flow, policy),
+}
+
+
+def build_objective(cfg: RunConfig, policy: ConditioningPolicy) -> Objective:
+    try:
+        factory = OBJECTIVES[cfg.train.objective]
+    except KeyError:
+        raise ConfigError(f"train.objective = {cfg.train.objective!r} is not an objective; known: "
+                          f"{', '.join(OBJECTIVES)}") from None
+    return factory(cfg, policy)
+
+
+__all__ = [
+    "OBJECTIVES", "ConditioningPolicy", "FlowMatchingObjective", "Objective", "ObjectiveOutput", "ReferenceMode",
+    "ReferenceModel", "StepInputs", "build_objective", "build_reference",
+]
