@@ -79,6 +79,9 @@ def test_pairwise_keyboard_flow(tmp_path, live_server, browser):
                 page.keyboard.press(key)
             page.wait_for_function("[...document.querySelectorAll('video')].every(v => !v.seeking && v.paused)")
             assert _times(page) == pytest.approx([last, last], abs=1e-3)
+        page.keyboard.press("-")
+        assert page.evaluate("[...document.querySelectorAll('video')].map(v => v.playbackRate)") == [0.5, 0.5]
+        page.keyboard.press("=")
         page.keyboard.press("?")
         assert page.is_visible("#help")
         page.keyboard.press("Escape")

@@ -8,6 +8,7 @@ const PAIR_KEYS = { "1": "left", "2": "right", "3": "tie", "4": "both_bad" };
 const PAIR_LABELS = { left: "Left better (1)", right: "Right better (2)", tie: "Tie, both good (3)", both_bad: "Both bad (4)" };
 const GRADE_KEYS = { f: "fail", p: "pass", h: "high_quality" };
 const TAG_KEYS = "1234567890";
+const SPEEDS = [0.25, 0.5, 1, 2];
 
 let item = null;        // the item on screen, as sent by the server
 let choices = {};       // aspect -> left / right / tie / both_bad
@@ -19,6 +20,7 @@ let lastTime = [0, 0];
 let plays = 0, seeks = 0, shownAt = 0;
 let busy = false, revealed = false;
 let lastItem = null;    // the item of the last answer, for undo
+let speed = 1;
 
 function active() { return item && item.videos.length === 2 ? players : [players[0]]; }
 function leader() { return players[0]; }
@@ -73,7 +75,7 @@ async function loadNext() {
   const pair = item.videos.length === 2;
   $("fig1").hidden = !pair;
   $("cap0").textContent = pair ? "Left" : "Clip";
-  item.videos.forEach((url, i) => { players[i].src = url; players[i].load(); });
+  item.videos.forEach((url, i) => { players[i].src = url; players[i].load(); players[i].playbackRate = speed; });
   $("answer-pair").hidden = !pair;
   $("answer-grade").hidden = pair;
   if (pair) buildAspects(); else buildTags();
@@ -229,6 +231,12 @@ function seekAll(t) {
   t = Math.max(0, Math.min(t, Math.max(0, d - frameTime() / 2)));
   for (const v of active()) setTime(v, t);
 }
+function changeSpeed(step) {
+  const i = Math.max(0, Math.min(SPEEDS.length - 1, SPEEDS.indexOf(speed) + step));
+  speed = SPEEDS[i];
+  for (const v of players) v.playbackRate = speed;
+  $("speed").textContent = speed + "x";
+}
 function stepFrames(n) {
   pauseAll();
   const ft = frameTime();
@@ -295,6 +303,7 @@ document.addEventListener("keydown", (e) => {
   else if (key === "ArrowRight") { e.preventDefault(); seekAll(leader().currentTime + 1); }
   else if (key === "r") { seekAll(0); playAll(); }
   else if (key === "l") { $("loop").click(); }
+  else if (key === "-" || key === "=") { changeSpeed(key === "-" ? -1 : 1); }
   else if (key === "u") { undo(); }
   else if (key === "Enter") { e.preventDefault(); submit(); }
   else if (pair && PAIR_KEYS[key]) { choose(PAIR_KEYS[key]); }
