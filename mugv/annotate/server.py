@@ -112,12 +112,7 @@ def create_app(campaign: Campaign, store: AnswerStore) -> FastAPI:
     @app.post("/a/{token}/api/answer")
     async def api_answer(token: str, request: Request) -> JSONResponse:
         name = annotator(token)
-        try:
-            payload = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the answer must be a JSON object") from None
-        if not isinstance(payload, dict):
-            raise HTTPException(400, "the answer must be a JSON object")
+        payload = await _json_object(request)
         try:
             answer = assign.build_answer(campaign, name, payload)
         except assign.AnswerError as exc:
@@ -132,8 +127,7 @@ def create_app(campaign: Campaign, store: AnswerStore) -> FastAPI:
     @app.post("/a/{token}/api/undo")
     async def api_undo(token: str, request: Request) -> dict:
         name = annotator(token)
-        payload = await request.json()
-        item = campaign.item_by_key.get(str(payload.get("item", ""))) if isinstance(payload, dict) else None
+        item = campaign.item_by_key.get(str((await _json_object(request)).get("item", "")))
         if item is None:
             raise HTTPException(400, "unknown item")
         return {"withdrawn": await run_in_threadpool(store.withdraw, name, item.id)}
@@ -177,6 +171,16 @@ def create_app(campaign: Campaign, store: AnswerStore) -> FastAPI:
         return figures()
 
     return app
+
+
+async def _json_object(request: Request) -> dict:
+    try:
+        payload = await request.json()
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        raise HTTPException(400, "the request body must be a JSON object")
+    return payload
 
 
 def _shown_name(campaign: Campaign, video_id: str) -> str:

@@ -81,6 +81,8 @@ def test_answers_are_checked_and_never_duplicated(tmp_path, live_server):
         assert status == 400 and b"aspects" in body
         status, _, body = http("POST", f"{base}/answer", {**_answer_for(item), "item": "nope"})
         assert status == 400 and b"unknown item" in body
+        for path in ("answer", "undo"):
+            assert http("POST", f"{base}/{path}", ["not", "an", "object"])[0] == 400
         for _ in range(3):
             status, _, body = http("POST", f"{base}/answer", _answer_for(item))
             assert status == 200
