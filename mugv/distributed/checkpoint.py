@@ -47,7 +47,6 @@ from mugv.train.checkpoint import (
     fsync_file,
     global_rng_state,
     keep_last_checkpoints,
-    list_checkpoints,
     load_rng_file,
     load_tensor_file,
     publish,
@@ -326,7 +325,7 @@ def save_distributed(
         if _rank() == 0:
             (tmp / "trainer.json").write_text(json.dumps({"step": step, "tensors": sorted(tensors), **meta}, indent=2))
             publish(tmp, final)
-            keep_last_checkpoints(list_checkpoints(root), keep_last)
+            keep_last_checkpoints(root, keep_last)
         _barrier()
 
     if async_save:

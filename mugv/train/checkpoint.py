@@ -119,10 +119,13 @@ def remove_checkpoint(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
-def keep_last_checkpoints(checkpoints: list[Path], keep_last: int) -> None:
-    """Remove all but the last `keep_last` of `checkpoints` (sorted oldest first)."""
-    for old in checkpoints[:-keep_last]:
+def keep_last_checkpoints(root: Path, keep_last: int) -> None:
+    """Remove all but the newest `keep_last` checkpoints under `root`, and what a crash in an
+    earlier removal left behind."""
+    for old in list_checkpoints(root)[:-keep_last]:
         remove_checkpoint(old)
+    for leftover in root.glob(".step_*.deleting"):
+        shutil.rmtree(leftover)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,7 +235,7 @@ def save_training_state(root: Path, state: TrainingState, keep_last: int) -> Pat
             **state.extra}
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=2))
     publish(tmp, final)
-    keep_last_checkpoints(list_checkpoints(root), keep_last)
+    keep_last_checkpoints(root, keep_last)
     return final
 
 

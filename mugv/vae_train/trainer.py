@@ -221,7 +221,7 @@ class VAETrainer:
         torch.save(state, partial / "training_state.pt")
         (partial / "config.toml").write_text(to_toml(self.cfg))
         publish(partial, final)  # a checkpoint directory is complete (and on disk) or absent
-        keep_last_checkpoints(list_checkpoints(root), self.cfg.checkpoint.keep_last)
+        keep_last_checkpoints(root, self.cfg.checkpoint.keep_last)
         return final
 
     def load_checkpoint(self, directory: Path) -> None:

@@ -160,6 +160,7 @@ def test_checkpoint_files_and_metrics_reach_the_disk_before_the_checkpoint_is_pu
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(Path, "rename", rename)
     run = (tmp_path / "run").resolve()
+    (run / "checkpoints" / ".step_00000009.deleting").mkdir(parents=True)  # a crash cut this removal short
     Trainer(config(run, "--train.steps=2", "--checkpoint.every_steps=1", "--checkpoint.keep_last=1",
                    "--ema.decay=0.9")).fit()
     final = run / "checkpoints" / "step_00000002"
