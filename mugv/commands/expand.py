@@ -63,9 +63,9 @@ def run(args: argparse.Namespace, _: list[str]) -> int:
 def verify(small_cfg: DiTConfig, small_weights, large_cfg: DiTConfig, large_weights) -> float:
     import torch
 
-    from mugv.models.dit.model import MUGDiT
+    from mugv.models.registry import build_model
 
-    small, large = MUGDiT(small_cfg), MUGDiT(large_cfg)
+    small, large = build_model(small_cfg), build_model(large_cfg)
     small.load_state_dict(small_weights, strict=False)
     large.load_state_dict(large_weights, strict=False)
     g = torch.Generator().manual_seed(0)

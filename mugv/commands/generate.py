@@ -168,13 +168,10 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 def load_generator(args: argparse.Namespace):
     from mugv.infer.pipeline import VideoGenerator
-    from mugv.models.dit.adapters import load_into, read_weights
     from mugv.models.dit.config import DiTConfig
-    from mugv.models.dit.model import MUGDiT
+    from mugv.models.registry import build_model, family_of
     from mugv.models.text.encoders import build_text_encoder
-    from mugv.models.vae import adapters as vae_adapters
     from mugv.models.vae.config import VAEConfig
-    from mugv.models.vae.model import MUGVideoVAE
     from mugv.utils.device import resolve_device
 
     device = resolve_device(args.device)
@@ -182,11 +179,13 @@ def load_generator(args: argparse.Namespace):
     if args.shift_base_resolution:
         flow = dataclasses.replace(flow, base_resolution=args.shift_base_resolution)
     # the small VAE first, so that a bad file of it is reported before the DiT's minutes of loading
-    vae = MUGVideoVAE(VAEConfig.from_preset(args.vae_preset))
-    vae_adapters.load_into(vae, vae_adapters.read_state_dict(args.vae))
-    weights = read_weights(args.dit)
-    dit = MUGDiT(DiTConfig.from_weights(weights))
-    load_into(dit, weights, layout="mugv")
+    vae_cfg = VAEConfig.from_preset(args.vae_preset)
+    vae, vae_family = build_model(vae_cfg), family_of(vae_cfg)
+    vae_family.load_weights(vae, vae_family.read_weights(args.vae))
+    dit_family = family_of(DiTConfig())
+    weights = dit_family.read_weights(args.dit)
+    dit = build_model(DiTConfig.from_weights(weights))
+    dit_family.load_weights(dit, weights, layout="mugv")
     if args.lora:
         attach_lora(dit, Path(args.lora))
     encoder = build_text_encoder(args.text_encoder, args.text_encoder_path, max_tokens=dit.cfg.max_text_tokens,

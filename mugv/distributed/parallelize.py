@@ -217,6 +217,21 @@ def parallelize_dit(
     return plan
 
 
+# Each model family's parallelize function, by the family name of mugv.models.registry.
+PARALLELIZE = {"mug-dit": parallelize_dit}
+
+
+def parallelize_model(model: nn.Module, dims: ParallelDims, mesh, cfg: ParallelConfig, rank: int | None = None,
+                      **kwargs) -> ParallelPlan:
+    """Apply the parallel layout to a model of any registered family."""
+    family = model.cfg.family
+    if family not in PARALLELIZE:
+        from mugv.errors import ConfigError
+
+        raise ConfigError(f"model family {family!r} has no parallelize plan; it can train in one process only")
+    return PARALLELIZE[family](model, dims, mesh, cfg, rank, **kwargs)
+
+
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 

@@ -54,8 +54,8 @@ def _meta_local_params(cfg: RunConfig, dims: ParallelDims) -> tuple[dict[str, in
     import torch.distributed as dist
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from mugv.distributed.parallelize import local_tensor, parallelize_dit
-    from mugv.models.dit.model import MUGDiT
+    from mugv.distributed.parallelize import local_tensor, parallelize_model
+    from mugv.models.registry import build_model
 
     own_group = not dist.is_initialized()
     if own_group:
@@ -63,8 +63,8 @@ def _meta_local_params(cfg: RunConfig, dims: ParallelDims) -> tuple[dict[str, in
     try:
         mesh = dims.build_mesh("cpu")
         with torch.device("meta"):
-            model = MUGDiT(cfg.model)
-        parallelize_dit(model, dims, mesh, cfg.parallel, rank=0)
+            model = build_model(cfg.model)
+        parallelize_model(model, dims, mesh, cfg.parallel, rank=0)
         local = {n: local_tensor(p).numel() for n, p in model.named_parameters()}
         full = {n: p.numel() for n, p in model.named_parameters()}
     finally:

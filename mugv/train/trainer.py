@@ -22,8 +22,9 @@ from mugv.data.batch import LatentBatch
 from mugv.data.sources import DataSource, build_data_source
 from mugv.data.synthetic import SyntheticLatents
 from mugv.models.attention import attention_backend, describe_backend
-from mugv.models.dit.adapters import load_into, read_weights, save_safetensors
+from mugv.models.dit.adapters import save_safetensors
 from mugv.models.dit.model import MUGDiT
+from mugv.models.registry import build_model, family_of
 from mugv.train.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -98,15 +99,16 @@ class Trainer:
     ):
         self.cfg = cfg
         # Under torchrun (WORLD_SIZE > 1): process group, mesh and parallelized model; else None.
-        from mugv.distributed.parallelize import apply_block_transforms, parallelize_dit
+        from mugv.distributed.parallelize import apply_block_transforms, parallelize_model
         from mugv.distributed.runtime import init_distributed
 
         self.dist = init_distributed(cfg)
         self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
         torch.manual_seed(cfg.train.seed)
-        self.model = (model or MUGDiT(cfg.model)).to(self.device)
+        family = family_of(cfg.model)
+        self.model = (model or build_model(cfg.model)).to(self.device)
         if cfg.checkpoint.init_weights:
-            load_into(self.model, read_weights(cfg.checkpoint.init_weights), layout="mugv")
+            family.load_weights(self.model, family.read_weights(cfg.checkpoint.init_weights), layout="mugv")
         if cfg.lora.rank:
             apply_lora(self.model, cfg.lora)
         freeze_parameters(self.model, cfg.train.freeze)
@@ -124,8 +126,8 @@ class Trainer:
                 if self.dist.dims.pp > 1:
                     raise ConfigError(f"train.objective = {cfg.train.objective!r} keeps a frozen reference copy, "
                                       "which parallel.pp > 1 does not support")
-                parallelize_dit(self.reference.module, self.dist.dims, self.dist.mesh, cfg.parallel,
-                                rank=self.dist.rank)
+                parallelize_model(self.reference.module, self.dist.dims, self.dist.mesh, cfg.parallel,
+                                  rank=self.dist.rank)
         else:  # one process is a trivial mesh: checkpointing and compile apply all the same
             apply_block_transforms(list(self.model.blocks), cfg.parallel)
         self.data = data or (self.dist.data_source() if self.dist else build_data_source(cfg))

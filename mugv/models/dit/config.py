@@ -18,6 +18,7 @@ class UnknownPresetError(MugvError, ValueError):
 
 @dataclass
 class DiTConfig:
+    family: str = "mug-dit"  # the model family (mugv.models.registry)
     preset: str = "debug"
     depth: int = 2
     hidden_size: int = 288

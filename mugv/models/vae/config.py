@@ -33,6 +33,7 @@ class UnknownVAEPresetError(MugvError, ValueError):
 
 @dataclass
 class VAEConfig:
+    family: str = "mugv-vae"  # the model family (mugv.models.registry)
     preset: str = "tiny"
     in_channels: int = 3
     # Spatial stage: diffusers AutoencoderKL shape. Each level but the last halves H and W.
