@@ -7,3 +7,12 @@ def test_info_prints_parameters_and_flops(capsys):
     assert "10,830,321,984 (10.83 B)" in out
     assert "latent 14 x 90 x 160 -> 50,402 tokens" in out
     assert "training FLOPs per sample" in out
+
+
+def test_info_reads_any_registered_family(capsys):
+    assert main(["info", "--family", "mugv-vae", "--model", "mugv"]) == 0
+    assert "mugv-vae mugv: 411,696,059 parameters" in capsys.readouterr().out
+    assert main(["info", "--family", "wan-dit"]) == 2
+    assert "model family 'wan-dit' is not registered; known: mug-dit, mugv-vae" in capsys.readouterr().err
+    assert main(["info", "--model", "vae-tiny"]) == 2
+    assert "not a mug-dit preset" in capsys.readouterr().err

@@ -1,16 +1,18 @@
-"""`mugv info`: parameter count and training FLOPs of a model preset."""
+"""`mugv info`: parameter count and training FLOPs of a model preset of any registered family."""
 
 from __future__ import annotations
 
 import argparse
 
 from mugv.errors import ConfigError
-from mugv.models.dit.config import DiTConfig, PRESETS, latent_shape_for_pixels
+from mugv.models.dit.config import PRESETS, latent_shape_for_pixels
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", description="Parameter count and training FLOPs of a model preset.")
-    parser.add_argument("--model", default="10b", choices=list(PRESETS), help="model preset (default: 10b)")
+    parser.add_argument("--family", default="mug-dit", help="model family (default: mug-dit; also mugv-vae)")
+    parser.add_argument("--model", default=None,
+                        help=f"preset of the family (default: 10b for mug-dit; mug-dit presets: {', '.join(PRESETS)})")
     parser.add_argument("--frames", type=int, help="clip length in pixel frames (e.g. 105 for 5 s at ~20 fps)")
     parser.add_argument("--height", type=int, help="clip height in pixels")
     parser.add_argument("--width", type=int, help="clip width in pixels")
@@ -19,7 +21,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, _: list[str]) -> int:
-    cfg = DiTConfig.from_preset(args.model)
+    from mugv.models.registry import get_family
+
+    family = get_family(args.family)
+    preset = args.model or ("10b" if "10b" in family.presets else family.presets[0])
+    if preset not in family.presets:
+        raise ConfigError(f"--model {preset}: not a {family.name} preset; known: {', '.join(family.presets)}")
+    cfg = family.from_preset(preset)
+    if family.train_flops is None:  # an autoencoder: its size is what there is to say
+        params = family.num_params(cfg)
+        print(f"{family.name} {preset}: {params:,} parameters ({params / 1e9:.2f} B)")
+        return 0
     sizes = (args.frames, args.height, args.width)
     latent = None
     if args.text_tokens is not None and args.text_tokens < 0:
@@ -31,15 +43,15 @@ def run(args: argparse.Namespace, _: list[str]) -> int:
             latent = latent_shape_for_pixels(*sizes)
         except ValueError as exc:
             raise ConfigError(f"--frames {args.frames} --height {args.height} --width {args.width}: {exc}") from exc
-    params = cfg.num_params()
-    print(f"model {args.model}: depth {cfg.depth}, hidden {cfg.hidden_size}, heads {cfg.num_heads} x {cfg.head_dim}, "
+    params = family.num_params(cfg)
+    print(f"model {preset} ({family.name}): depth {cfg.depth}, hidden {cfg.hidden_size}, heads {cfg.num_heads} x {cfg.head_dim}, "
           f"text dim {cfg.text_dim}")
     print(f"parameters: {params:,} ({params / 1e9:.2f} B)")
     if latent is not None:
         t, h, w = latent
         text = args.text_tokens if args.text_tokens is not None else cfg.max_text_tokens
         tokens = cfg.num_tokens(t, h, w)
-        train = cfg.train_flops(t, h, w, text)
+        train = family.train_flops(cfg, t, h, w, text)
         megatron = cfg.megatron_train_flops(t, h, w, text)
         print(f"clip {args.frames} x {args.height} x {args.width} -> latent {t} x {h} x {w} -> {tokens:,} tokens "
               f"({tokens - 2:,} video + start/end), {text} text tokens")
