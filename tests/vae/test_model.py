@@ -7,6 +7,10 @@ from mugv.models.vae import MUGV_LATENT_MEAN, MUGV_LATENT_STD, DiagonalGaussian,
 from numerics_testing import assert_close_to_scale
 from vae_testing import clone_with, random_video
 
+# The tiny fp32 VAE computed two ways (another clip length, chunking, decode crop) differs by up
+# to 5e-6 of the output's scale across CPUs' SIMD paths (ATEN_CPU_CAPABILITY default, avx2, avx512).
+VAE_REL = 5e-5
+
 
 @pytest.mark.parametrize(
     ("frames", "size", "latent_frames"),
@@ -37,7 +41,7 @@ def test_image_is_one_latent_frame_equal_to_first_latent_of_clip(tiny_vae):
         image_latent = tiny_vae.encode(clip[:, :, :1])
         clip_latent = tiny_vae.encode(clip)
     assert image_latent.shape[2] == 1
-    assert_close_to_scale(image_latent[:, :, 0], clip_latent[:, :, 0])
+    assert_close_to_scale(image_latent[:, :, 0], clip_latent[:, :, 0], rel=VAE_REL)
     # Later latents depend on later frames, not on frame 0's group.
     assert not torch.allclose(clip_latent[:, :, 1], clip_latent[:, :, 0])
 
@@ -48,10 +52,10 @@ def test_zero_padding_and_its_crop_sit_at_the_front_of_the_last_chunk(tiny_vae):
     video = random_video(50, 8, 8, seed=6)
     with torch.no_grad():
         z = tiny_vae.encode(video)
-        assert_close_to_scale(z[:, :, :6], tiny_vae.encode(video[:, :, :48]))
+        assert_close_to_scale(z[:, :, :6], tiny_vae.encode(video[:, :, :48]), rel=VAE_REL)
         whole, cropped = tiny_vae.decode(z), tiny_vae.decode(z, num_frames=50)
-    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48])
-    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:])
+    assert_close_to_scale(cropped[:, :, :48], whole[:, :, :48], rel=VAE_REL)
+    assert_close_to_scale(cropped[:, :, 48:], whole[:, :, 54:], rel=VAE_REL)
 
 
 @pytest.mark.parametrize("frames", [49, 57, 105])
@@ -71,11 +75,11 @@ def test_decode_of_encode_returns_input_frame_i_as_frame_i(tiny_vae, frames):
         decoded, release = tiny_vae.decode(z, num_frames=frames), tiny_vae.decode(z, frames, crop="release")
         recon, _ = tiny_vae(video, sample=False)
     assert decoded.shape == release.shape == video.shape
-    assert_close_to_scale(decoded, shown[:, :, 7:])
-    assert_close_to_scale(recon, decoded)
+    assert_close_to_scale(decoded, shown[:, :, 7:], rel=VAE_REL)
+    assert_close_to_scale(recon, decoded, rel=VAE_REL)
     last_chunk = 48 * ((frames - 1) // 48)  # first frame of the last 48-frame chunk of 8k + 8
-    assert_close_to_scale(release[:, :, :last_chunk], shown[:, :, :last_chunk])
-    assert_close_to_scale(release[:, :, last_chunk:], shown[:, :, last_chunk + 7 :])
+    assert_close_to_scale(release[:, :, :last_chunk], shown[:, :, :last_chunk], rel=VAE_REL)
+    assert_close_to_scale(release[:, :, last_chunk:], shown[:, :, last_chunk + 7 :], rel=VAE_REL)
 
 
 def test_release_crop_differs_only_at_1_mod_8_frames_past_one_chunk(tiny_vae):
@@ -120,7 +124,7 @@ def test_time_chunked_encode_equals_whole_clip(tiny_vae):
     whole = clone_with(tiny_vae, encode_chunk_frames=0)
     chunked = clone_with(tiny_vae, encode_chunk_frames=8)
     with torch.no_grad():
-        assert_close_to_scale(chunked.encode_moments(video), whole.encode_moments(video))
+        assert_close_to_scale(chunked.encode_moments(video), whole.encode_moments(video), rel=VAE_REL)
 
 
 def test_decode_chunks_are_independent(tiny_vae):
