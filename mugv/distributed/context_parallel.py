@@ -4,15 +4,16 @@ Layout. The sequence [start, video tokens..., end] of N tokens is padded to P, a
 cp x tp, and cut into cp contiguous chunks (cp rank c = cp_ring_rank x ulysses + ulysses_rank holds
 chunk c); with tensor parallel, each chunk is cut again into tp pieces (sequence parallel). The
 per-token side tensors follow: the t/t0 selector like the tokens, the RoPE tables by cp chunk
-(attention sees a whole cp chunk once tensor parallel has gathered it). Padding is masked out as
-keys in self-attention and dropped after the final gather; no token is ever dropped.
+(attention sees a whole cp chunk once tensor parallel has gathered it). Padding is cut off the
+keys in self-attention (never masked: a mask would rule out the flash kernels) and dropped after
+the final gather; no token is ever dropped.
 
 Self-attention (`UlyssesRingAttention`, swapped into `SelfAttention.core_attention`):
   1. Ulysses: an all-to-all over the ulysses group turns (B, H, n, d) sequence-split into
      (B, H / u, u n, d) head-split;
   2. ring: over the ring group each rank's query block meets every key/value block as they are
-     passed around the ring; the partial results merge exactly through their log-sum-exp
-     (computed in float32);
+     passed around the ring, each pair through a fused SDPA kernel that also returns the
+     log-sum-exp; the partial results merge exactly through it (in float32). See `_RingAttention`;
   3. the inverse all-to-all.
 Cross-attention to the text needs nothing: queries are local, the text keys are whole on every
 rank.
@@ -25,6 +26,7 @@ over dp_shard x cp; see mugv.distributed.parallelize).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,29 +59,22 @@ class _AllToAll(torch.autograd.Function):
         return out, None
 
 
-class _RingShift(torch.autograd.Function):
-    """Send to the next rank of the ring, receive from the previous; backward goes the other way."""
+class _Transfer:
+    """A ring hop in flight: `wait()` returns the tensor received from the previous rank."""
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        return _shift(x.contiguous(), group, +1)
+    def __init__(self, x: torch.Tensor, group):
+        size, rank = dist.get_world_size(group), dist.get_rank(group)
+        self.received = torch.empty_like(x)
+        self.sent = x  # kept alive until the send completes
+        self.requests = dist.batch_isend_irecv([
+            dist.P2POp(dist.isend, x, dist.get_global_rank(group, (rank + 1) % size), group),
+            dist.P2POp(dist.irecv, self.received, dist.get_global_rank(group, (rank - 1) % size), group),
+        ])
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _shift(grad.contiguous(), ctx.group, -1), None
-
-
-def _shift(x: torch.Tensor, group, direction: int) -> torch.Tensor:
-    size = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    dst = dist.get_global_rank(group, (rank + direction) % size)
-    src = dist.get_global_rank(group, (rank - direction) % size)
-    out = torch.empty_like(x)
-    ops = [dist.P2POp(dist.isend, x, dst, group), dist.P2POp(dist.irecv, out, src, group)]
-    for req in dist.batch_isend_irecv(ops):
-        req.wait()
-    return out
+    def wait(self) -> torch.Tensor:
+        for request in self.requests:
+            request.wait()
+        return self.received
 
 
 class _GatherSequence(torch.autograd.Function):
@@ -177,45 +172,169 @@ def shard_inputs(inputs: DiTInputs, layout: SequenceLayout, plan: dict[str, int]
 # ----------------------------------------------------------------------------------------------
 
 
-def _key_mask(start: int, length: int, valid: int, device) -> torch.Tensor | None:
-    """Boolean (1, 1, 1, length) mask of keys at global positions start.. that are real tokens."""
-    if start + length <= valid:
-        return None
-    return (torch.arange(start, start + length, device=device) < valid)[None, None, None]
+@dataclass(frozen=True)
+class _FusedKernel:
+    """A fused SDPA kernel pair that exposes the log-sum-exp (no mask, default scale).
+
+    forward(q, k, v) -> (out, lse, extra): lse is (B, H, n) in float32, extra what backward needs
+    besides; backward(grad_out, q, k, v, out, lse, extra) -> (dq, dk, dv).
+    """
+
+    forward: Callable
+    backward: Callable
 
 
-def _block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
-    """Float32 attention of one query block over one key block: (output, log-sum-exp)."""
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    return torch.exp(scores - lse) @ v.float(), lse
+def _cpu_flash_forward(q, k, v):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default(q, k, v)
+    return out, lse, ()
 
 
-def ring_attention(q, k, v, group, block_start: int, block_len: int, valid: int) -> torch.Tensor:
+def _cpu_flash_backward(grad_out, q, k, v, out, lse, extra):
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default(
+        grad_out, q, k, v, out, lse, 0.0, False)
+
+
+def _cuda_flash_forward(q, k, v):
+    out, lse, cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset, _ = (
+        torch.ops.aten._scaled_dot_product_flash_attention.default(q, k, v))
+    return out, lse, (cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset)
+
+
+def _cuda_flash_backward(grad_out, q, k, v, out, lse, extra):
+    cum_seq_q, cum_seq_k, max_q, max_k, philox_seed, philox_offset = extra
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward.default(
+        grad_out, q, k, v, out, lse, cum_seq_q, cum_seq_k, max_q, max_k, 0.0, False, philox_seed, philox_offset)
+
+
+def _cuda_efficient_forward(q, k, v):
+    out, lse, philox_seed, philox_offset = torch.ops.aten._scaled_dot_product_efficient_attention.default(
+        q, k, v, None, True)
+    n = q.shape[2]  # the kernel pads the log-sum-exp rows to a multiple of 32; its backward reads them
+    return out, lse[..., :n], (lse[..., n:], philox_seed, philox_offset)
+
+
+def _cuda_efficient_backward(grad_out, q, k, v, out, lse, extra):
+    lse_tail, philox_seed, philox_offset = extra
+    dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward.default(
+        grad_out, q, k, v, None, out, torch.cat([lse, lse_tail], dim=-1), philox_seed, philox_offset, 0.0,
+        [True, True, True, False])
+    return dq, dk, dv
+
+
+_CPU_FLASH = _FusedKernel(_cpu_flash_forward, _cpu_flash_backward)
+_CUDA_FLASH = _FusedKernel(_cuda_flash_forward, _cuda_flash_backward)
+_CUDA_EFFICIENT = _FusedKernel(_cuda_efficient_forward, _cuda_efficient_backward)
+
+# Per device type, the kernel for a dtype (CUDA flash takes only 16-bit floats).
+_FUSED_KERNELS: dict[str, Callable[[torch.dtype], _FusedKernel]] = {
+    "cpu": lambda dtype: _CPU_FLASH,
+    "cuda": lambda dtype: _CUDA_FLASH if dtype in (torch.float16, torch.bfloat16) else _CUDA_EFFICIENT,
+}
+
+
+def fused_kernel(x: torch.Tensor) -> _FusedKernel:
+    if x.device.type not in _FUSED_KERNELS:
+        raise ValueError(f"ring attention has no fused attention kernel for device type {x.device.type!r}")
+    return _FUSED_KERNELS[x.device.type](x.dtype)
+
+
+def _real_keys(source: int, block_len: int, valid: int) -> int:
+    """How many of ring rank `source`'s block_len keys are real tokens (the rest is padding)."""
+    return max(0, min(block_len, valid - source * block_len))
+
+
+class _RingAttention(torch.autograd.Function):
     """Attention of this rank's query block over the key/value blocks of every ring rank.
 
-    Ring rank s holds global positions [s * block_len, (s + 1) * block_len); key blocks travel
-    one hop per step and results merge through their log-sum-exp (online-softmax algebra).
+    Ring rank s holds global positions [s * n, (s + 1) * n). Forward: the key/value blocks travel
+    one hop per step (the next hop is in flight while this one is computed), each block goes
+    through the fused kernel, and the outputs merge through their log-sum-exp in float32 (online
+    softmax). Backward (as in ring flash attention): the fused backward of each block, given the
+    merged output and log-sum-exp, yields the exact dq share and that block's exact dk, dv; the
+    key/value blocks travel the ring again, each with a float32 dk, dv accumulator that ends
+    back at the block's owner. The sums always run in ring order, so the result is deterministic.
+    Keys past the real tokens are cut off; a block of only padding is skipped.
     """
-    size = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    outs, lses = [], []
-    kv = torch.stack([k, v])
-    for step in range(size):
-        source = (rank - step) % size
-        start = source * block_len
-        if start < valid:  # a block of only padding contributes nothing
-            mask = _key_mask(start, block_len, valid, q.device)
-            out, lse = _block_attention(q, kv[0], kv[1], mask)
-            outs.append(out)
-            lses.append(lse)
-        if step < size - 1:
-            kv = _RingShift.apply(kv, group)
-    total = torch.logsumexp(torch.stack(lses), dim=0)
-    out = sum(torch.exp(lse - total) * o for o, lse in zip(outs, lses))
-    return out.to(q.dtype)
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, valid: int):
+        kernel = fused_kernel(q)
+        size, rank, n = dist.get_world_size(group), dist.get_rank(group), q.shape[2]
+        kv = torch.stack([k, v])  # one message per hop
+        out = lse = None
+        extras = []
+        for step in range(size):
+            hop = _Transfer(kv, group) if step < size - 1 else None
+            keys = _real_keys((rank - step) % size, n, valid)
+            extra = None
+            if keys:
+                block_out, block_lse, extra = kernel.forward(q, kv[0, :, :, :keys], kv[1, :, :, :keys])
+                out, lse = _merge(out, lse, block_out, block_lse)
+            extras.append(extra)
+            if hop is not None:
+                kv = hop.wait()
+        out = out.to(q.dtype)
+        lse = lse.contiguous()
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.group, ctx.valid, ctx.kernel, ctx.extras = group, valid, kernel, extras
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        group, kernel = ctx.group, ctx.kernel
+        size, rank, n = dist.get_world_size(group), dist.get_rank(group), q.shape[2]
+        grad_out = grad_out.contiguous()
+        dq = torch.zeros_like(q, dtype=torch.float32)
+        kv = torch.stack([k, v])
+        dkv = torch.zeros_like(kv, dtype=torch.float32)  # dk, dv of the block held: they travel together
+        accumulator_hop = None
+        for step in range(size):
+            kv_hop = _Transfer(kv, group) if step < size - 1 else None
+            keys = _real_keys((rank - step) % size, n, ctx.valid)
+            if keys:
+                dq_block, dk_block, dv_block = kernel.backward(
+                    grad_out, q, kv[0, :, :, :keys], kv[1, :, :, :keys], out, lse, ctx.extras[step])
+                dq += dq_block
+            if accumulator_hop is not None:
+                dkv = accumulator_hop.wait()
+            if keys:
+                dkv[0, :, :, :keys] += dk_block
+                dkv[1, :, :, :keys] += dv_block
+            accumulator_hop = _Transfer(dkv, group)
+            if kv_hop is not None:
+                kv = kv_hop.wait()
+        dkv = accumulator_hop.wait()  # after `size` hops, this rank's own block with every rank's share
+        return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype), None, None
+
+
+def _merge(out, lse, block_out, block_lse):
+    """Online softmax: the (output, log-sum-exp) of two disjoint key sets' attention, in float32."""
+    block_out, block_lse = block_out.float(), block_lse.float()
+    if out is None:
+        return block_out, block_lse
+    merged = torch.logaddexp(lse, block_lse)
+    return (out * torch.exp(lse - merged).unsqueeze(-1)
+            + block_out * torch.exp(block_lse - merged).unsqueeze(-1)), merged
+
+
+def _attention_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype SDPA would compute in: autocast's when it is on (q, k arrive in float32 from RoPE)."""
+    if torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return q.dtype
+
+
+# Eager between compiled regions: the ring's loop and point-to-point ops would otherwise split
+# into many small graphs, recompiled for every sequence length.
+@torch.compiler.disable
+def ring_attention(q, k, v, group, valid: int) -> torch.Tensor:
+    """Attention over the ring: (B, H, n, d) blocks, ring rank s at global positions [s n, (s + 1) n).
+
+    `valid` is the count of real tokens; the keys past it are padding.
+    """
+    dtype = _attention_dtype(q)
+    return _RingAttention.apply(q.to(dtype), k.to(dtype), v.to(dtype), group, valid)
 
 
 def _seq_to_heads(x: torch.Tensor, group, u: int) -> torch.Tensor:
@@ -255,13 +374,10 @@ class UlyssesRingAttention:
             )
         if self.u > 1:
             q, k, v = (_seq_to_heads(t, self.ulysses_group, self.u) for t in (q, k, v))
-        block = q.shape[2]  # tokens of this ring rank's block (= u cp chunks)
-        if self.r > 1:
-            ring_rank = dist.get_rank(self.ring_group)
-            out = ring_attention(q, k, v, self.ring_group, ring_rank * block, block, layout.valid)
-        else:
-            mask = _key_mask(0, block, layout.valid, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.r > 1:  # each ring rank's block is u cp chunks, in ring order
+            out = ring_attention(q, k, v, self.ring_group, layout.valid)
+        else:  # the keys past the real tokens are padding: cut off, so no mask keeps flash out
+            out = F.scaled_dot_product_attention(q, k[:, :, : layout.valid], v[:, :, : layout.valid])
         if self.u > 1:
             out = _heads_to_seq(out, self.ulysses_group, self.u)
         return out
