@@ -260,6 +260,26 @@ class LoRAConfig:
 
 
 @dataclass
+class PreferenceConfig:
+    """Preference optimisation: train.objective = "dpo" (pairs) or "kto" (pass/fail labels); docs/preference.md."""
+
+    # Inverse temperature of the implicit reward, constant over training (a time-dependent beta reward-hacks).
+    # The DPO logit is beta/2 x a difference of per-sample velocity errors (around 1e-3 apart): watch reward_margin.
+    beta: float = 2500.0
+    lambda_d: float = 1.0  # KTO weight of desirable samples
+    lambda_u: float = 1.0  # KTO weight of undesirable samples
+    sft_weight: float = 0.0  # weight of the flow loss on the preferred / desirable samples (a regulariser)
+    # auto: LoRA adapters off when lora.rank > 0, else a frozen copy; precomputed: recorded in the data
+    reference: Literal["auto", "adapters_off", "frozen_copy", "precomputed"] = "auto"
+
+    def validate(self) -> None:
+        _require(self.beta > 0, "preference.beta", self.beta, "must be > 0")
+        _require(self.lambda_d >= 0, "preference.lambda_d", self.lambda_d, "must be >= 0")
+        _require(self.lambda_u >= 0, "preference.lambda_u", self.lambda_u, "must be >= 0")
+        _require(self.sft_weight >= 0, "preference.sft_weight", self.sft_weight, "must be >= 0")
+
+
+@dataclass
 class SamplingConfig:
     """Render fixed prompts with the weights being trained every `every_steps` steps."""
 
@@ -335,6 +355,7 @@ class RunConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # A curriculum: the trainer moves through these in order; empty trains one stage of train.steps.
     stages: list[StageConfig] = field(default_factory=list)

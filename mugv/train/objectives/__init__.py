@@ -10,10 +10,18 @@ from mugv.config import RunConfig
 from mugv.errors import ConfigError
 from mugv.train.objectives.base import Objective, ObjectiveOutput, ReferenceMode
 from mugv.train.objectives.flow import ConditioningPolicy, FlowMatchingObjective, StepInputs
+from mugv.train.objectives.preference import (
+    FlowDPOObjective,
+    FlowKTOObjective,
+    PreferenceObjective,
+    build_preference_objective,
+)
 from mugv.train.objectives.reference import ReferenceModel, build_reference
 
 OBJECTIVES: dict[str, Callable[[RunConfig, ConditioningPolicy], Objective]] = {
     "flow": lambda cfg, policy: FlowMatchingObjective(cfg.flow, policy),
+    "dpo": lambda cfg, policy: build_preference_objective(FlowDPOObjective, cfg, policy),
+    "kto": lambda cfg, policy: build_preference_objective(FlowKTOObjective, cfg, policy),
 }
 
 
@@ -27,6 +35,7 @@ def build_objective(cfg: RunConfig, policy: ConditioningPolicy) -> Objective:
 
 
 __all__ = [
-    "OBJECTIVES", "ConditioningPolicy", "FlowMatchingObjective", "Objective", "ObjectiveOutput", "ReferenceMode",
-    "ReferenceModel", "StepInputs", "build_objective", "build_reference",
+    "OBJECTIVES", "ConditioningPolicy", "FlowDPOObjective", "FlowKTOObjective", "FlowMatchingObjective", "Objective",
+    "ObjectiveOutput", "PreferenceObjective", "ReferenceMode", "ReferenceModel", "StepInputs", "build_objective",
+    "build_reference",
 ]

@@ -1,0 +1,131 @@
+"""Preference samples as the trainer sees them: a pair (chosen and rejected latents of one prompt,
+same bucket) or an unpaired sample with its pass/fail label, plus the seed that fixes its noise.
+
+A pair is one sample: it travels as one row of a `PreferenceBatch`, so batching, data-parallel
+splitting and resume never separate its two halves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from mugv.config import DataConfig
+from mugv.data.batch import LatentBatch
+
+
+@dataclass
+class PreferenceBatch(LatentBatch):
+    """`latents` are the chosen clips (pairs) or the clips (unpaired). rejected: (B, C, T, H, W) for
+    pairs, else None. label: (B,) bool, True = desirable, for unpaired samples, else None.
+    noise_seed: (B,) int64, the seed of each sample's sigma, noise and conditioning draw (None: drawn
+    from the step's generator). reference_error: the reference model's velocity errors recorded
+    with those seeds, (B, 2) [chosen, rejected] for pairs or (B,) unpaired (None: not recorded)."""
+
+    rejected: torch.Tensor | None = None
+    label: torch.Tensor | None = None
+    noise_seed: torch.Tensor | None = None
+    reference_error: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        b = self.size
+        if (self.rejected is None) == (self.label is None):
+            raise ValueError("a preference batch holds either rejected latents (pairs) or labels (unpaired)")
+        if self.rejected is not None and self.rejected.shape != self.latents.shape:
+            raise ValueError(f"chosen and rejected latents differ in shape: {tuple(self.latents.shape)} vs "
+                             f"{tuple(self.rejected.shape)} (a pair must share one bucket)")
+        if self.label is not None and self.label.shape != (b,):
+            raise ValueError(f"labels must be (B,) = ({b},), got {tuple(self.label.shape)}")
+        if self.noise_seed is not None and self.noise_seed.shape != (b,):
+            raise ValueError(f"noise seeds must be (B,) = ({b},), got {tuple(self.noise_seed.shape)}")
+        if self.reference_error is not None and self.reference_error.shape != ((b, 2) if self.paired else (b,)):
+            raise ValueError(f"reference errors of shape {tuple(self.reference_error.shape)} do not fit "
+                             f"{b} {'pairs' if self.paired else 'samples'}")
+
+    @property
+    def paired(self) -> bool:
+        return self.rejected is not None
+
+    def candidates(self) -> LatentBatch:
+        """Every clip of the batch as one plain batch: the chosen rows then the rejected rows (pairs),
+        or the samples themselves (unpaired). Row i + B of a pair batch is the other half of row i."""
+        if not self.paired:
+            return LatentBatch(self.latents, self.text, self.text_mask, self.fps, self.pixel_height, self.pixel_width)
+        return LatentBatch(
+            latents=torch.cat([self.latents, self.rejected]),
+            text=self.text.repeat(2, 1, 1),
+            text_mask=self.text_mask.repeat(2, 1),
+            fps=self.fps.repeat(2),
+            pixel_height=self.pixel_height,
+            pixel_width=self.pixel_width,
+        )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PreferenceBatch":
+        moved = super().to(device, non_blocking=non_blocking)
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return replace(moved, rejected=move(self.rejected), label=move(self.label),
+                       reference_error=move(self.reference_error))  # seeds stay on the CPU generators' side
+
+
+class SyntheticPreferences:
+    """An in-memory pool of random preference samples (pairs, or unpaired with alternating labels),
+    each with a fixed noise seed: a data source for tests and benchmarks. `reference_errors`, once
+    set (index -> value), travel with the samples."""
+
+    def __init__(self, cfg: DataConfig, latent_channels: int, text_dim: int, paired: bool, seed: int = 0):
+        self.cfg = cfg
+        self.latent_channels = latent_channels
+        self.text_dim = text_dim
+        self.paired = paired
+        self.seed = seed
+        self.position = 0
+        self.reference_errors: dict[int, torch.Tensor] = {}
+
+    def indices(self, start: int) -> list[int]:
+        return [(start + i) % self.cfg.num_samples for i in range(self.cfg.batch_size)]
+
+    def batch_at(self, start: int) -> PreferenceBatch:
+        cfg, rows = self.cfg, self.indices(start)
+        shape = (self.latent_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
+        chosen, rejected, texts, valid = [], [], [], []
+        for index in rows:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            chosen.append(torch.randn(shape, generator=g))
+            rejected.append(torch.randn(shape, generator=g))
+            texts.append(torch.randn(cfg.text_tokens, self.text_dim, generator=g))
+            valid.append(int(torch.randint(1, cfg.text_tokens + 1, (1,), generator=g)))
+        text_mask = torch.arange(cfg.text_tokens)[None, :] < torch.tensor(valid)[:, None]
+        recorded = [self.reference_errors.get(i) for i in rows]
+        return PreferenceBatch(
+            latents=torch.stack(chosen),
+            text=torch.stack(texts) * text_mask[..., None],
+            text_mask=text_mask,
+            fps=torch.full((len(rows),), float(cfg.fps)),
+            pixel_height=cfg.latent_height * 8,
+            pixel_width=cfg.latent_width * 8,
+            rejected=torch.stack(rejected) if self.paired else None,
+            label=None if self.paired else torch.tensor([i % 2 == 0 for i in rows]),
+            noise_seed=torch.tensor([self.seed * 1_000_003 + i for i in rows], dtype=torch.int64),
+            reference_error=torch.stack(recorded) if all(r is not None for r in recorded) else None,
+        )
+
+    def next_batch(self) -> PreferenceBatch:
+        batch = self.batch_at(self.position)
+        self.position += self.cfg.batch_size
+        return batch
+
+    def record_reference_errors(self, start: int, errors: torch.Tensor) -> None:
+        """Store the reference's errors of the batch that starts at sample `start`."""
+        for index, value in zip(self.indices(start), errors.detach().cpu()):
+            self.reference_errors[index] = value
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
