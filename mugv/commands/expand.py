@@ -30,10 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, _: list[str]) -> int:
-    from mugv.models.dit.adapters import read_weights, save_safetensors
+    from mugv.distributed.checkpoint import read_model_weights
+    from mugv.models.dit.adapters import save_safetensors
     from mugv.train.expand import expand_state_dict, expanded_config, expansion_factor
 
-    weights = read_weights(args.source)
+    weights = read_model_weights(args.source)
     small = DiTConfig.from_weights(weights)
     if args.to_preset:
         large = dataclasses.replace(DiTConfig.from_preset(args.to_preset), max_text_tokens=small.max_text_tokens)

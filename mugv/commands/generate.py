@@ -167,6 +167,7 @@ def check_model_options(args: argparse.Namespace) -> None:
 
 
 def load_generator(args: argparse.Namespace):
+    from mugv.distributed.checkpoint import read_model_weights
     from mugv.infer.pipeline import VideoGenerator
     from mugv.models.dit.config import DiTConfig
     from mugv.models.registry import build_model, family_of
@@ -183,7 +184,7 @@ def load_generator(args: argparse.Namespace):
     vae, vae_family = build_model(vae_cfg), family_of(vae_cfg)
     vae_family.load_weights(vae, vae_family.read_weights(args.vae))
     dit_family = family_of(DiTConfig())
-    weights = dit_family.read_weights(args.dit)
+    weights = read_model_weights(args.dit, dit_family.name)
     dit = build_model(DiTConfig.from_weights(weights))
     dit_family.load_weights(dit, weights, layout="mugv")
     if args.lora:

@@ -7,7 +7,7 @@ regrouped by video as they stream back, so the runner can write each finished vi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 
 from mugv.curate.config import CurateConfig
@@ -16,7 +16,11 @@ from mugv.curate.inputs import InputItem
 MAX_BLOCKS = 4096
 
 
-def execute_with_ray(pending: list[tuple[str, InputItem]], cfg: CurateConfig) -> Iterator[tuple[str, list[dict]]]:
+def execute_with_ray(
+    pending: list[tuple[str, InputItem]], cfg: CurateConfig, curate_video: Callable[[InputItem, CurateConfig], list[dict]]
+) -> Iterator[tuple[str, list[dict]]]:
+    """Run `curate_video` (the runner's per-video work, passed in so this module does not import
+    the runner) over `pending` on Ray Data; yields (video_id, rows) as videos complete."""
     import ray
 
     if not ray.is_initialized():
@@ -25,8 +29,6 @@ def execute_with_ray(pending: list[tuple[str, InputItem]], cfg: CurateConfig) ->
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     def curate_row(row: dict) -> list[dict]:
-        from mugv.curate.runner import curate_video
-
         rows = curate_video(InputItem(**row["item"]), cfg)
         return [{"video_id": row["video_id"], "index": i, "total": len(rows), "row": r} for i, r in enumerate(rows)]
 

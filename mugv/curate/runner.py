@@ -296,7 +296,7 @@ def _execute(pending: list[tuple[str, InputItem]], cfg: CurateConfig) -> Iterato
     if cfg.run.backend == "ray":
         from mugv.curate.ray_backend import execute_with_ray
 
-        yield from execute_with_ray(pending, cfg)
+        yield from execute_with_ray(pending, cfg, curate_video)
         return
     workers = min(len(pending), cfg.run.workers or os.cpu_count() or 1)
     if workers == 1:

@@ -80,7 +80,7 @@ class Demo:
     # ----- stages ----------------------------------------------------------------------------
 
     def corpus(self) -> Path:
-        from mugv.commands.curate import bundled_sample_clips
+        from mugv.video.samples import bundled_sample_clips
         from mugv.demo.corpus import CorpusSpec, build_corpus
 
         table = self.out / "corpus" / "corpus.csv"

@@ -415,6 +415,17 @@ def read_tensor_set(path: Path, name: str = "model") -> dict[str, torch.Tensor]:
     return tensors
 
 
+def read_model_weights(path: str | Path, family: str = "mug-dit") -> dict[str, torch.Tensor]:
+    """A model's weights in our layout from any checkpoint a user may hold: the sharded DCP folder
+    of a torchrun run, or whatever the family's own reader takes (files, single-process runs)."""
+    from mugv.models.registry import get_family
+
+    path = Path(path)
+    if path.is_dir() and (path / ".metadata").is_file():
+        return read_tensor_set(path, "model")
+    return get_family(family).read_weights(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # DCP reads without unpickling code
 # ----------------------------------------------------------------------------------------------

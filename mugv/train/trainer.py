@@ -108,7 +108,9 @@ class Trainer:
         family = family_of(cfg.model)
         self.model = (model or build_model(cfg.model)).to(self.device)
         if cfg.checkpoint.init_weights:
-            family.load_weights(self.model, family.read_weights(cfg.checkpoint.init_weights), layout="mugv")
+            from mugv.distributed.checkpoint import read_model_weights
+
+            family.load_weights(self.model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout="mugv")
         if cfg.lora.rank:
             apply_lora(self.model, cfg.lora)
         freeze_parameters(self.model, cfg.train.freeze)

@@ -816,14 +816,13 @@ def load_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
 
 
 def read_weights(path: str | Path) -> StateDict:
-    """DiT weights in our layout from any checkpoint a user may hold: our safetensors, a training
-    checkpoint directory (one process's, or the sharded DCP one of a torchrun run), the published
-    ``dit.pt``, or a single-file Megatron checkpoint."""
+    """DiT weights in our layout from a file: our safetensors, a single-process training checkpoint
+    directory, the published ``dit.pt``, or a single-file Megatron checkpoint. (The sharded DCP
+    folder of a torchrun run is read one layer up: mugv.distributed.checkpoint.read_model_weights.)"""
     path = Path(path)
     if path.is_dir() and (path / ".metadata").is_file():
-        from mugv.distributed.checkpoint import read_tensor_set
-
-        return read_tensor_set(path, "model")
+        raise CheckpointLayoutError(f"{path} is a distributed (DCP) checkpoint: read it with "
+                                    "mugv.distributed.checkpoint.read_model_weights")
     if path.is_dir():
         path = path / "model.safetensors"
     if not path.is_file():

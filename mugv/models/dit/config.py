@@ -49,7 +49,7 @@ class DiTConfig:
         return t * h * w
 
     def validate(self) -> None:
-        from mugv.config import ConfigError
+        from mugv.errors import ConfigError
 
         if self.hidden_size % self.num_heads:
             raise ConfigError(

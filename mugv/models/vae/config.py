@@ -77,7 +77,7 @@ class VAEConfig:
         return -(-num_frames // self.temporal_factor)
 
     def validate(self) -> None:
-        from mugv.config import ConfigError
+        from mugv.errors import ConfigError
 
         def require(ok: bool, key: str, message: str) -> None:
             if not ok:
