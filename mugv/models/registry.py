@@ -48,6 +48,7 @@ def register(family: ModelFamily) -> ModelFamily:
 
 
 def _load_builtin_families() -> None:
+    import mugv.enhance.families  # noqa: F401  (registers the enhancer's Wan DiT and Wan VAE)
     import mugv.models.families  # noqa: F401  (registers MUG-DiT and the MUG-V VAE)
 
 
