@@ -62,13 +62,9 @@ class FlowConfig:
     shift_frames: Literal["latent", "fixed"] = "latent"
     shift_fixed_frames: int = 10
     image_loss_weight: float = 0.3
-    sample_steps: int = 25
-    cfg_scale: float = 4.0
-    negative_prompt: str = NEGATIVE_PROMPT
 
     def validate(self) -> None:
         _require(self.logit_std > 0, "flow.logit_std", self.logit_std, "must be > 0")
-        _require(self.sample_steps >= 1, "flow.sample_steps", self.sample_steps, "must be >= 1")
         _require(self.base_resolution > 0, "flow.base_resolution", self.base_resolution, "must be > 0")
 
 

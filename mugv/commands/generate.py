@@ -199,14 +199,19 @@ def training_flow_config(dit: Path):
     """The flow settings the DiT was trained with, so the sampler shifts time as training did:
     read from the run's `config.toml` found beside the weights or up to two folders above them
     (run/ema.safetensors, run/checkpoints/step_N/). Weights from elsewhere get the release's."""
+    import dataclasses
+
     from mugv.config import ConfigError, FlowConfig, from_dict, load_profile_dict
+
+    known = {f.name for f in dataclasses.fields(FlowConfig)}  # runs of older versions held more keys
 
     start = dit if dit.is_dir() else dit.parent
     for folder in (start, *list(start.parents)[:2]):
         run_config = folder / "config.toml"
         if run_config.is_file():
             try:
-                return from_dict(FlowConfig, load_profile_dict(str(run_config)).get("flow", {}), prefix="flow.")
+                flow = load_profile_dict(str(run_config)).get("flow", {})
+                return from_dict(FlowConfig, {k: v for k, v in flow.items() if k in known}, prefix="flow.")
             except ConfigError as exc:
                 raise GenerationError(f"{run_config}: {exc}") from exc
     return FlowConfig()

@@ -42,7 +42,6 @@ from mugv.distributed.tensor_parallel import (
     to_rank_blocks,
 )
 from mugv.train.checkpoint import (
-    STEP_DIR,
     CheckpointError,
     fsync_file,
     global_rng_state,
@@ -390,10 +389,6 @@ def load_distributed(
     gen_file = path / "rng" / f"dp_{dp_rank}.safetensors"
     generator = load_rng_file(gen_file)[0] if gen_file.is_file() else None
     return meta, generator
-
-
-def is_distributed_checkpoint(path: Path) -> bool:
-    return STEP_DIR.match(path.name) is not None and (path / ".metadata").is_file()
 
 
 def read_tensor_set(path: Path, name: str = "model") -> dict[str, torch.Tensor]:

@@ -145,11 +145,6 @@ class DistributedRuntime:
             value /= self.dims.dp
         return value.item()
 
-    def max_over_world(self, value: float) -> float:
-        t = torch.tensor(float(value), device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
-
     def barrier(self) -> None:
         dist.barrier()
 
