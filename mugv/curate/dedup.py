@@ -6,22 +6,35 @@ MiniLM sentence embeddings; only captions that came from people or a captioning 
 template captions are alike by construction). Linked clips form clusters by union-find; each
 cluster keeps its best-scoring clip.
 
-Hash pairs are found by multi-index hashing, exactly (the same pairs as comparing all of them,
-which `brute_force_pairs` does as the reference): a clip's hashes are one string of 64k bits cut
-into m bands; two strings at most R bits apart differ in at most one bit of some band once
-2m > R (pigeonhole), so only clips whose band values are equal or one bit apart are compared,
-found by sorting keys (the band value with one bit cleared), never by comparing all pairs. The
-candidates are a fixed share of all pairs, about m (w + 1) / 2^w for w-bit bands on unrelated
-hashes: 0.8 % at the default R = 24 of 192 bits. So the cost still grows with the square of the
-clip count, with ~130x fewer pairs checked than by comparing all of them: with the band count
-set by R, bucket sizes grow with the clip count, and banding cannot do better at a radius of an
-eighth of the bits. Caption pairs are exact cosines from blocked matrix products over the
-captioned clips only, upper triangle only: quadratic in those clips, at BLAS speed.
+Hash pairs are found one of two ways (`dedup.method`):
+
+- "lsh" (default): locality-sensitive hashing by bit sampling. Each band is `w` random bits of a
+  clip's 64k-bit hash string, w about log2(clip count), so unrelated clips share a band value
+  with chance 2^-w and each band yields about as many candidate pairs as there are clips; a pair
+  R bits apart shares it with chance C(64k - R, w) / C(64k, w). Enough bands are drawn that a
+  pair exactly at the threshold is found with chance `dedup.recall` (closer pairs: more). Every
+  candidate is checked by its true Hamming distances, so no reported pair is false. Each clip is
+  compared with at most `dedup.bucket_cap` later members of a bucket (in a per-band pseudo-random
+  order), so a thousand identical clips cost a thousand checks a band, not half a million, and
+  still chain into one cluster. Cost: bands x (sort + checks), about n^1.2 at the default
+  threshold. `dedup.backend = "ray"` spreads it over Ray tasks keyed by (band, key range): each
+  task receives only the clips whose band value falls in its range, with their hashes.
+- "exact": multi-index hashing, exactly the pairs of comparing all of them (`brute_force_pairs`
+  does that as the reference): a clip's hashes cut into m bands; two strings at most R bits
+  apart differ in at most one bit of some band once 2m > R (pigeonhole), so only clips whose
+  band values are equal or one bit apart are compared, found by sorting keys (the band value
+  with one bit cleared). The candidates are a fixed share of all pairs, about m (w + 1) / 2^w
+  for w-bit bands: 0.8 % at the default R = 24 of 192 bits, so its cost grows with the square
+  of the clip count (18.5 s at 200,000 clips).
+
+Caption pairs are exact cosines from blocked matrix products over the captioned clips only,
+upper triangle only: quadratic in those clips, at BLAS speed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from functools import lru_cache
 
 import cv2
@@ -39,10 +52,22 @@ class DedupConfig:
     max_hash_distance: float = 8.0  # of 64 bits, mean over the sampled frames
     caption_similarity: float = 0.95  # cosine; <= 0 turns caption embeddings off
     block: int = 1024  # rows compared at a time
+    method: str = "lsh"  # "lsh": ~linear, each pair found with chance >= recall; "exact": every pair
+    recall: float = 0.99  # lsh: chance of finding a pair at exactly max_hash_distance (closer: more)
+    bucket_cap: int = 64  # lsh: most later members of a band bucket each clip is compared with
+    seed: int = 0  # lsh: which bits the bands sample
+    backend: str = "local"  # lsh: "ray" runs the bands as Ray tasks (needs the `cluster` extra)
+    partitions: int = 4  # ray: key ranges a band is split into (a task holds ~1/partitions of the clips)
 
     def validate(self) -> None:
         if not 0 <= self.max_hash_distance <= 64 or self.block < 1:
             raise ConfigError("dedup.max_hash_distance must be within [0, 64] and dedup.block >= 1")
+        if self.method not in ("lsh", "exact"):
+            raise ConfigError(f"dedup.method must be 'lsh' or 'exact', not {self.method!r}")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"dedup.backend must be 'local' or 'ray', not {self.backend!r}")
+        if not 0 < self.recall < 1 or self.bucket_cap < 1 or self.partitions < 1:
+            raise ConfigError("dedup.recall must be within (0, 1), dedup.bucket_cap and dedup.partitions >= 1")
 
 
 def frame_hashes(frames: np.ndarray) -> list[int]:
@@ -90,13 +115,17 @@ class UnionFind:
 def similar_pairs(cfg: DedupConfig, hashes: np.ndarray, embeddings: np.ndarray | None) -> list[tuple[int, int]]:
     """Index pairs (i < j) closer than the thresholds, by hash or by caption embedding (rows of
     zeros in `embeddings`, clips without a real caption, take no part); the same pairs as
-    `brute_force_pairs`, found without comparing all of them."""
+    `brute_force_pairs` with `dedup.method = "exact"`, each of them with chance >= `dedup.recall`
+    with "lsh"; found without comparing all of them."""
     max_total = _max_total_distance(cfg.max_hash_distance, hashes.shape[1])
-    bands = _band_edges(64 * hashes.shape[1], max_total)
-    if bands is None:  # so loose a threshold that bands would be too narrow to select anything
-        return brute_force_pairs(cfg, hashes, embeddings)
-    columns = [np.ascontiguousarray(column) for column in hashes.T]  # one per frame: cheap gathers
-    found = [_hash_band_pairs(columns, max_total, _band_values(hashes, lo, hi), hi - lo) for lo, hi in bands]
+    bands = lsh_bands(len(hashes), hashes.shape[1], max_total, cfg.recall, cfg.seed) if cfg.method == "lsh" else None
+    if bands is not None:
+        search = _ray_lsh_pairs if cfg.backend == "ray" else _lsh_pairs
+        found = [search(hashes, bands, max_total, cfg)]
+    else:  # exact, or a threshold so loose that sampled bands would need too many draws
+        found = _exact_hash_pairs(hashes, max_total)
+        if found is None:  # so loose that exact bands would be too narrow to select anything
+            return brute_force_pairs(cfg, hashes, embeddings)
     if embeddings is not None and cfg.caption_similarity > 0:
         found.append(_embedding_pairs(embeddings, cfg.caption_similarity, cfg.block))
     return _as_sorted_tuples(found, len(hashes))
@@ -116,19 +145,194 @@ def brute_force_pairs(cfg: DedupConfig, hashes: np.ndarray, embeddings: np.ndarr
     return pairs
 
 
+def _exact_hash_pairs(hashes: np.ndarray, max_total: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Multi-index hashing: every pair at most `max_total` bits apart, band by band; None when
+    the bands would be too narrow to select anything."""
+    bands = _band_edges(64 * hashes.shape[1], max_total)
+    if bands is None:
+        return None
+    columns = [np.ascontiguousarray(column) for column in hashes.T]  # one per frame: cheap gathers
+    return [_hash_band_pairs(columns, max_total, _band_values(hashes, lo, hi), hi - lo) for lo, hi in bands]
+
+
+MIN_SAMPLED_BITS = 8  # fewer and every band is a handful of huge buckets
+MAX_SAMPLED_BITS = 40  # a band value and a tie-break of >= 23 bits fit one int64 sort key
+MAX_LSH_BANDS = 1000  # a threshold needing more is loose enough for the exact search to be no slower
+
+
+def lsh_bands(count: int, frames: int, max_total: int, recall: float, seed: int) -> np.ndarray | None:
+    """Bit positions [bands, width] of the sampled bands (into the 64-bit-per-frame string, most
+    significant first): width about log2(count), so unrelated clips share a band value about
+    once per clip, and enough bands that a pair `max_total` bits apart shares at least one with
+    chance >= `recall`. None when that takes more than `MAX_LSH_BANDS` bands."""
+    bits = 64 * frames
+    width = min(max(math.ceil(math.log2(max(count, 2))), MIN_SAMPLED_BITS), MAX_SAMPLED_BITS, bits - max_total)
+    if width < 1:
+        return None
+    hit = math.comb(bits - max_total, width) / math.comb(bits, width)  # one band, drawn without replacement
+    bands = 1 if hit == 1 else math.ceil(math.log(1 - recall) / math.log1p(-hit))
+    if bands > MAX_LSH_BANDS:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(np.stack([rng.choice(bits, width, replace=False) for _ in range(bands)]), axis=1)
+
+
+def lsh_recall(frames: int, distance: int, bands: np.ndarray) -> float:
+    """Chance that `bands` find a pair `distance` bits apart."""
+    bits, width = 64 * frames, bands.shape[1]
+    miss = 1 - math.comb(bits - distance, width) / math.comb(bits, width)
+    return 1 - miss ** len(bands)
+
+
+def _lsh_pairs(hashes: np.ndarray, bands: np.ndarray, max_total: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (left, right) at most `max_total` bits apart that share a value of some band."""
+    columns = [np.ascontiguousarray(column) for column in hashes.T]
+    ids = np.arange(len(hashes), dtype=np.int64)
+    codes = [np.zeros(0, np.int64)]
+    for band, positions in enumerate(bands):
+        left, right = _band_pairs(columns, ids, _band_keys(columns, positions), band, len(positions), max_total, cfg.bucket_cap)
+        codes.append(left * len(hashes) + right)
+        if band % 16 == 15:  # close pairs come back from most bands: keep one copy
+            codes = [np.unique(np.concatenate(codes))]
+    codes = np.unique(np.concatenate(codes))
+    return codes // len(hashes), codes % len(hashes)
+
+
+def _band_keys(columns: list[np.ndarray], positions: np.ndarray) -> np.ndarray:
+    """The bits at `positions` of each clip's hash string, as int64 band values."""
+    keys = np.zeros(len(columns[0]), np.uint64)
+    for place, position in enumerate(positions.tolist()):
+        frame, offset = divmod(position, 64)
+        keys |= ((columns[frame] >> np.uint64(63 - offset)) & np.uint64(1)) << np.uint64(place)
+    return keys.astype(np.int64)
+
+
+def _band_pairs(
+    columns: list[np.ndarray], ids: np.ndarray, keys: np.ndarray, band: int, width: int, max_total: int, cap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (smaller id, larger id) of clips with equal band `keys`, at most `max_total` bits
+    apart (`columns`: their hashes, one array per frame, aligned with `ids`). Each clip is only
+    compared with the next `cap` clips of its bucket, in an order that depends on the ids and
+    the band alone, so the same clips give the same pairs however they are partitioned."""
+    order = _bucket_order(keys, ids, band, width)
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(ordered)])
+    position = np.arange(len(ordered))
+    partners = np.minimum(np.repeat(starts + sizes, sizes) - position - 1, cap)
+    left = np.repeat(position, partners)
+    right = left + 1 + _ranges(partners)
+    # In bucket order, both ends of a pair lie close together in memory; most candidates are
+    # unrelated and already too far apart on the first frame.
+    total = np.zeros(len(left), np.int64)
+    for column in columns:
+        column = column[order]
+        total += _popcount(column[left] ^ column[right])
+        keep = total <= max_total
+        left, right, total = left[keep], right[keep], total[keep]
+    left, right = ids[order[left]], ids[order[right]]
+    return np.minimum(left, right), np.maximum(left, right)
+
+
+def _bucket_order(keys: np.ndarray, ids: np.ndarray, band: int, width: int) -> np.ndarray:
+    """Order sorting `keys`, ties in a pseudo-random order of `ids` that differs from band to band:
+    a least-significant-digit radix sort on 16-bit digits (about twice as fast as argsort), the
+    key above at least 8 bits of a hash of the id."""
+    digits = -(-(width + 8) // 16)
+    spare = 16 * digits - width
+    salt = np.uint64(band * 0x9E3779B97F4A7C15 % 2**64)
+    composite = (keys.astype(np.uint64) << np.uint64(spare)) | (_mix64(ids.astype(np.uint64) + salt) >> np.uint64(64 - spare))
+    order = np.arange(len(keys))
+    for digit in range(digits):
+        values = ((composite[order] >> np.uint64(16 * digit)) & np.uint64(0xFFFF)).astype(np.uint16)
+        order = order[np.argsort(values, kind="stable")]
+    return order
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: well-spread uint64s from consecutive ones (wrapping arithmetic)."""
+    values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return values ^ (values >> np.uint64(31))
+
+
+def _ray_lsh_pairs(hashes: np.ndarray, bands: np.ndarray, max_total: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`_lsh_pairs` as Ray tasks: `cfg.partitions` shards of clips each split their rows by
+    (band, band value modulo partitions); one task per (band, partition) finds that part's pairs
+    from the rows (ids and hashes) it receives, never all of them."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    parts = len(bands) * cfg.partitions
+    route = ray.remote(num_returns=parts)(_route_shard) if parts > 1 else ray.remote(lambda *a: [_route_shard(*a)[0]])
+    shard = -(-len(hashes) // cfg.partitions)
+    routed = []
+    for start in range(0, len(hashes), shard):
+        pieces = route.remote(start, hashes[start : start + shard], bands, cfg.partitions)
+        routed.append(pieces if parts > 1 else [pieces])
+    find = ray.remote(_partition_pairs)
+    tasks = [
+        find.remote(band, bands.shape[1], max_total, cfg.bucket_cap, *(pieces[band * cfg.partitions + part] for pieces in routed))
+        for band in range(len(bands))
+        for part in range(cfg.partitions)
+    ]
+    found = ray.get(tasks)
+    codes = np.unique(np.concatenate([np.zeros(0, np.int64), *(left * len(hashes) + right for left, right in found)]))
+    return codes // len(hashes), codes % len(hashes)
+
+
+def _route_shard(start: int, hashes: np.ndarray, bands: np.ndarray, partitions: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(ids, band values, hashes) of a shard's clips for each (band, partition), band-major."""
+    columns = [np.ascontiguousarray(column) for column in hashes.T]
+    ids = np.arange(start, start + len(hashes), dtype=np.int64)
+    routed = []
+    for positions in bands:
+        keys = _band_keys(columns, positions)
+        for part in range(partitions):
+            mine = keys % partitions == part
+            routed.append((ids[mine], keys[mine], hashes[mine]))
+    return routed
+
+
+def _partition_pairs(band: int, width: int, max_total: int, cap: int, *pieces) -> tuple[np.ndarray, np.ndarray]:
+    """`_band_pairs` over the rows routed to one (band, partition)."""
+    ids, keys, hashes = (np.concatenate(parts) for parts in zip(*pieces))
+    return _band_pairs([np.ascontiguousarray(c) for c in hashes.T], ids, keys, band, width, max_total, cap)
+
+
+def planted_near_duplicates(rng: np.random.Generator, count: int, frames: int = HASH_FRAMES, max_flips: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic hashes for checking and timing the pair search: (hashes [count, frames] uint64,
+    source [count]). The first two thirds are uniform random (their own source); the rest are
+    copies of random ones among those with 0-`max_flips` bits flipped (uniformly many)."""
+    hashes = rng.integers(0, 2**64, (count, frames), dtype=np.uint64)
+    originals = count - count // 3
+    source = np.arange(count)
+    source[originals:] = rng.integers(0, originals, count - originals)
+    for lo in range(originals, count, 32768):  # [chunk, 64 * frames] floats at a time
+        hi = min(count, lo + 32768)
+        flips = rng.integers(0, max_flips + 1, hi - lo)
+        permutation = np.argsort(rng.random((hi - lo, 64 * frames)), axis=1)  # flip the bits ranked < flips
+        masks = np.packbits(permutation < flips[:, None], axis=1).view(">u8").astype(np.uint64)
+        hashes[lo:hi] = hashes[source[lo:hi]] ^ masks
+    return hashes, source
+
+
+def planted_pairs(hashes: np.ndarray, source: np.ndarray, max_mean: float) -> list[tuple[int, int]]:
+    """The pairs among the clips of each source (see `planted_near_duplicates`) whose mean Hamming
+    distance is <= `max_mean`: every pair within the threshold, unless two unrelated random
+    hash sets happen to be that close (about 1e-28 a pair for 3 frames at the default 8)."""
+    order = np.argsort(source, kind="stable")
+    ordered = source[order]
+    starts = np.r_[np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]), len(order)]
+    left, right = _pairs_within_groups(order, starts)
+    total = sum(_popcount(hashes[left, f] ^ hashes[right, f]).astype(np.int64) for f in range(hashes.shape[1]))
+    keep = total <= _max_total_distance(max_mean, hashes.shape[1])
+    return _as_sorted_tuples([(left[keep], right[keep])], len(hashes))
+
+
 MIN_BAND_BITS = 8  # narrower bands match too many random pairs to save anything
 MAX_BAND_BITS = 56  # a band value, its bit index and the bit fit one int64 sort key
-
-
-def near_duplicate_hashes(rng: np.random.Generator, count: int, frames: int = HASH_FRAMES) -> np.ndarray:
-    """Synthetic hash sets for checking and timing the pair search: uniform random hashes, a third
-    of them overwritten by copies of others with 0-40 bits flipped."""
-    hashes = rng.integers(0, 2**64, (count, frames), dtype=np.uint64)
-    for source, target in rng.integers(0, count, (count // 3, 2)):
-        flips = np.zeros(64 * frames, np.uint8)
-        flips[rng.choice(64 * frames, rng.integers(0, 41), replace=False)] = 1
-        hashes[target] = hashes[source] ^ np.packbits(flips).view(">u8").astype(np.uint64)
-    return hashes
 
 
 def _max_total_distance(max_mean: float, frames: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -45,17 +47,93 @@ def test_similar_pairs_by_hash_or_caption_in_blocks():
 @pytest.mark.parametrize("max_hash_distance", [0.0, 2.5, 8.0, 22 / 3, 12.0, 30.0])
 def test_multi_index_hashing_finds_exactly_the_brute_force_pairs(frames, max_hash_distance):
     rng = np.random.default_rng(int(max_hash_distance * 3) + frames)
-    hashes = dedup.near_duplicate_hashes(rng, 600, frames)
+    hashes, _ = dedup.planted_near_duplicates(rng, 600, frames)
     embeddings = rng.normal(size=(600, 16)).astype(np.float32)
     embeddings[rng.random(600) < 0.5] = 0  # clips without a real caption
     embeddings[1::7] = embeddings[::7][: len(embeddings[1::7])] + 0.01  # paraphrases
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    cfg = dedup.DedupConfig(max_hash_distance=max_hash_distance, block=128)
+    cfg = dedup.DedupConfig(max_hash_distance=max_hash_distance, block=128, method="exact")
     for vectors in (None, embeddings):
         found = dedup.similar_pairs(cfg, hashes, vectors)
         assert found == dedup.brute_force_pairs(cfg, hashes, vectors)
         assert found  # not vacuous: planted copies with few flipped bits are found
         assert dedup.cluster(len(hashes), found) == dedup.cluster(len(hashes), dedup.brute_force_pairs(cfg, hashes, vectors))
+
+
+@pytest.mark.parametrize(("frames", "max_hash_distance"), [(3, 8.0), (3, 4.0), (3, 12.0), (1, 8.0)])
+def test_lsh_reports_only_true_pairs_and_finds_the_documented_share(frames, max_hash_distance):
+    hashes, source = dedup.planted_near_duplicates(np.random.default_rng(frames), 3000, frames)
+    cfg = dedup.DedupConfig(max_hash_distance=max_hash_distance)
+    found = dedup.similar_pairs(cfg, hashes, None)
+    every = dedup.brute_force_pairs(replace(cfg, block=256), hashes, None)
+    assert every == dedup.planted_pairs(hashes, source, max_hash_distance)  # the benchmark's truth at scale
+    assert set(found) <= set(every)  # each reported pair checked by its true distance
+    assert len(set(found) & set(every)) >= cfg.recall * len(every) > 100
+    assert found == sorted(set(found)) == dedup.similar_pairs(cfg, hashes, None)  # ordered, once each, repeatable
+
+
+def test_lsh_bands_reach_the_recall_at_the_threshold_and_give_way_when_too_loose():
+    for clips in (100, 10_000, 10**8):
+        bands = dedup.lsh_bands(clips, 3, 24, 0.99, seed=0)
+        assert dedup.lsh_recall(3, 24, bands) >= 0.99 and dedup.lsh_recall(3, 8, bands) > 0.99999
+        assert bands.shape[1] >= np.log2(clips) and len(np.unique(bands[0])) == bands.shape[1]
+    assert dedup.lsh_bands(10**8, 3, 24, 0.99, seed=0).shape[0] < 300
+    assert dedup.lsh_bands(2000, 3, 90, 0.99, seed=0) is None  # mean distance 30 of 64: the exact search
+
+
+def test_lsh_bucket_cap_bounds_the_checks_of_identical_clips_yet_keeps_one_cluster():
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**64, (1500, 3), dtype=np.uint64)
+    hashes[:1000] = hashes[0]
+    pairs = dedup.similar_pairs(dedup.DedupConfig(bucket_cap=4), hashes, None)
+    assert all(b < 1000 for _, b in pairs) and len(pairs) < 1000 * 4 * 20
+    assert set(dedup.cluster(len(hashes), pairs)[:1000]) == {0}
+
+
+def test_lsh_partitioned_by_band_and_key_finds_what_one_machine_finds_from_part_of_the_clips():
+    hashes, _ = dedup.planted_near_duplicates(np.random.default_rng(3), 2000)
+    cfg = dedup.DedupConfig(partitions=3)
+    max_total = 24
+    bands = dedup.lsh_bands(len(hashes), 3, max_total, cfg.recall, cfg.seed)
+    shards = [dedup._route_shard(start, hashes[start : start + 700], bands, cfg.partitions) for start in (0, 700, 1400)]
+    pairs = []
+    for part in range(len(bands) * cfg.partitions):
+        pieces = [shard[part] for shard in shards]
+        assert sum(len(ids) for ids, _, _ in pieces) < 0.5 * len(hashes)  # no task sees every clip
+        pairs.append(dedup._partition_pairs(part // cfg.partitions, bands.shape[1], max_total, cfg.bucket_cap, *pieces))
+    left, right = (np.concatenate(side) for side in zip(*pairs))
+    assert dedup._as_sorted_tuples([(left, right)], len(hashes)) == dedup.similar_pairs(cfg, hashes, None)
+
+
+@pytest.mark.ray
+def test_lsh_on_ray_matches_one_machine():
+    pytest.importorskip("ray")
+    import ray
+
+    hashes, _ = dedup.planted_near_duplicates(np.random.default_rng(4), 2000)
+    cfg = dedup.DedupConfig()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        on_ray = dedup.similar_pairs(replace(cfg, backend="ray"), hashes, None)
+    finally:
+        ray.shutdown()
+    assert on_ray == dedup.similar_pairs(cfg, hashes, None) and len(on_ray) > 300
+
+
+def test_lsh_and_exact_give_the_same_clusters_on_real_frame_hashes(shots):
+    variants = []
+    for frames in shots.values():
+        variants += [frames, np.clip(frames.astype(int) + 12, 0, 255).astype(np.uint8), synthetic.blur(frames, sigma=1.0)]
+    hashes = np.array([dedup.frame_hashes(frames) for frames in variants], dtype=np.uint64)
+    exact = dedup.cluster(len(hashes), dedup.similar_pairs(dedup.DedupConfig(method="exact"), hashes, None))
+    assert dedup.cluster(len(hashes), dedup.similar_pairs(dedup.DedupConfig(), hashes, None)) == exact
+    assert len(set(exact)) == len(shots)  # each shot and its variants: one cluster
+
+
+@pytest.mark.parametrize("setting", [{"method": "minhash"}, {"backend": "spark"}, {"recall": 1.0}, {"bucket_cap": 0}])
+def test_bad_dedup_settings_name_the_key(setting):
+    with pytest.raises(ConfigError, match=f"dedup.{next(iter(setting))}"):
+        dedup.DedupConfig(**setting).validate()
 
 
 def test_caption_embeddings_link_paraphrases_not_different_scenes():

@@ -1,0 +1,169 @@
+"""The enhancer's inference (ENHANCER-SPEC §3): SDEdit at sigma 0.3 with one Euler flow step.
+
+    z0 = normalised VAE mean of the video      zt = (1 - s) z0 + s eps,  zt[frame 0] = z0[frame 0]
+    v  = v- + cfg (v+ - v-),  v± = DiT([zt; z0], t = 1000 s, t = 0 on frame 0's tokens, text±)
+    z  = zt - s v,  z[frame 0] = z0[frame 0]   ->   frames = VAE.decode(z)
+
+The first latent frame is the clean input's throughout, so output frame 0 is the VAE
+reconstruction of input frame 0, never enhanced. `steps` > 1 takes Euler steps on
+linspace(sigma, 0, steps + 1), which the release never does (it always takes one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from mugv.enhance.config import CFG_SCALE, SIGMA
+from mugv.enhance.text import TEXT_LEN, UMT5PromptEncoder
+
+
+@dataclass
+class EnhanceSettings:
+    sigma: float = SIGMA
+    steps: int = 1
+    cfg_scale: float = CFG_SCALE
+    seed: int = 0
+
+
+def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (PIL bilinear) so the frames cover height x width, then center-crop, as the
+    release's loader does: scale max(W/w, H/h), sizes rounded, crop offsets rounded."""
+    from PIL import Image
+
+    h, w = frames.shape[1:3]
+    scale = max(width / w, height / h)
+    new_h, new_w = round(h * scale), round(w * scale)
+    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    out = np.empty((len(frames), height, width, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        image = Image.fromarray(np.ascontiguousarray(frame))
+        if (new_h, new_w) != (h, w):
+            image = image.resize((new_w, new_h), Image.BILINEAR)
+        out[i] = np.asarray(image)[top:top + height, left:left + width]
+    return out
+
+
+def frames_to_video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float32 (1, 3, T, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255.0)
+    return ((x - 0.5) / 0.5).permute(3, 0, 1, 2).unsqueeze(0)
+
+
+def video_to_frames(video: torch.Tensor) -> np.ndarray:
+    """(1, 3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3), truncating as the release does."""
+    x = ((video[0].float().permute(1, 2, 3, 0) + 1) * 127.5).clamp(0, 255)
+    return x.cpu().numpy().astype(np.uint8)
+
+
+def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` in `dtype`, except the submodules diffusers keeps in float32 (`_keep_in_fp32_modules`:
+    the Wan DiT's RoPE, time embedder, norms and modulation tables), as `from_pretrained` does."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point() and not keep & set(name.split(".")):
+            tensor.data = tensor.data.to(dtype)
+    return model
+
+
+class VideoEnhancer:
+    """The DiT (`wan-dit`, weights merged), VAE (`wan-vae`) and umT5 prompt encoder on one device.
+    With `offload` each stays on the CPU except while it runs; `tiled_decode` decodes the latents
+    in overlapping spatial tiles (less memory; the release decodes whole frames)."""
+
+    def __init__(self, dit: nn.Module, vae: nn.Module, text: UMT5PromptEncoder, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, offload: bool = False, tiled_decode: bool = False):
+        self.device, self.dtype, self.offload, self.tiled_decode = torch.device(device), dtype, offload, tiled_decode
+        self.dit, self.vae, self.text = cast_model(dit, dtype), cast_model(vae, dtype), text
+        home = "cpu" if offload else self.device
+        for module in (self.dit, self.vae, self.text.model):
+            module.to(home)
+        z_dim = vae.config.z_dim
+        self.latents_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+        self.latents_std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+
+    @contextmanager
+    def _using(self, module: nn.Module) -> Iterator[None]:
+        if self.offload:
+            module.to(self.device)
+        try:
+            yield
+        finally:
+            if self.offload:
+                module.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def encode_prompts(self, *prompts: str) -> list[torch.Tensor]:
+        with self._using(self.text.model):
+            return [self.text.encode(p).cpu() for p in prompts]
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(1, 3, T, H, W) in [-1, 1] -> normalised latents (1, 16, F, H/8, W/8) float32 (posterior mean)."""
+        with self._using(self.vae):
+            mean = self.vae.encode(video.to(self.device, self.dtype)).latent_dist.mean.float()
+        return (mean - self.latents_mean.to(mean.device)) / self.latents_std.to(mean.device)
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> (1, 3, T, H, W) float32 in [-1, 1]."""
+        z = z.to(self.device) * self.latents_std.to(self.device) + self.latents_mean.to(self.device)
+        with self._using(self.vae):
+            self.vae.use_tiling = self.tiled_decode
+            try:
+                return self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1, 1)
+            finally:
+                self.vae.use_tiling = False
+
+    @torch.no_grad()
+    def velocity(self, zt: torch.Tensor, condition: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
+        """The DiT's flow velocity for latents `zt` given the clean low-quality latents `condition`:
+        every token at `timestep` except latent frame 0's, which are at 0 (they are clean)."""
+        _, _, frames, height, width = zt.shape
+        p_t, p_h, p_w = self.dit.config.patch_size
+        frame_tokens = (height // p_h) * (width // p_w)
+        timesteps = torch.full((1, (frames // p_t) * frame_tokens), float(timestep), device=self.device)
+        timesteps[:, :frame_tokens] = 0.0
+        context = torch.zeros(1, TEXT_LEN, text.shape[1], device=self.device, dtype=self.dtype)
+        context[0, : len(text)] = text[:TEXT_LEN].to(self.device, self.dtype)
+        hidden = torch.cat([zt, condition], dim=1).to(self.device, self.dtype)
+        return self.dit(hidden, timesteps, context, return_dict=False)[0].float()
+
+    @torch.no_grad()
+    def denoise(self, z0: torch.Tensor, noise: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                sigma: float = SIGMA, steps: int = 1, cfg_scale: float = CFG_SCALE,
+                progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """The enhanced latents of clean latents `z0` (float32, on the device)."""
+        z0, noise = z0.to(self.device).float(), noise.to(self.device).float()
+        sigmas = torch.linspace(sigma, 0.0, steps + 1, dtype=torch.float32)
+        clean_first = z0[:, :, :1]
+        z = (1 - sigmas[0]) * z0 + sigmas[0] * noise
+        z[:, :, :1] = clean_first
+        with self._using(self.dit):
+            for step in range(steps):
+                t = float(sigmas[step] * 1000)
+                v = self.velocity(z, z0, t, positive)
+                if cfg_scale != 1.0:
+                    v_negative = self.velocity(z, z0, t, negative)
+                    v = v_negative + cfg_scale * (v - v_negative)
+                z = z + v * (sigmas[step + 1] - sigmas[step])
+                z[:, :, :1] = clean_first
+                if progress is not None:
+                    progress(1)
+        return z
+
+    def enhance(self, frames: np.ndarray, prompt: str, negative_prompt: str, settings: EnhanceSettings,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """uint8 (T, H, W, 3) frames, T = 4k + 1, sides multiples of 16 -> enhanced uint8 frames."""
+        positive, negative = self.encode_prompts(prompt, negative_prompt)
+        z0 = self.encode_video(frames_to_video(frames))
+        noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(settings.seed), dtype=torch.float32)
+        z = self.denoise(z0, noise, positive, negative, settings.sigma, settings.steps, settings.cfg_scale, progress)
+        return video_to_frames(self.decode_latents(z))
