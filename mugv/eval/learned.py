@@ -87,7 +87,8 @@ def laion_aesthetic_metric(clip_folder: str | Path, head_weights: str | Path, de
 
     return Metric("laion_aesthetic", PROXY,
                   f"LAION improved-aesthetic-predictor scores with the same CLIP and head; not VBench aesthetic quality "
-                  f"(its linear head), {frames} frames", True, "LAION aesthetic score, 0-10", measure)
+                  f"(its linear head), {frames} frames", True, "LAION aesthetic score, 0-10", measure,
+                  vbench_dimension="aesthetic quality")
 
 
 class DinoFeatures:
@@ -135,7 +136,7 @@ def dino_consistency_metric(folder: str | Path, device: str = "cpu") -> Metric:
                   "VBench's per frame)" if official else "other mugv eval runs with the same ViT (not VBench's DINO "
                   "ViT-B/16)", True, "mean over frames of (cos to the first frame + cos to the previous frame) / 2 "
                   "on DINO features", lambda video: subject_consistency(extract(video.frames)),
-                  vbench_dimension="subject consistency" if official else "")
+                  vbench_dimension="subject consistency")
 
 
 class TorchScriptFlow:

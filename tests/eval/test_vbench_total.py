@@ -45,3 +45,16 @@ def test_a_proxy_or_missing_dimension_gives_no_total():
     assert refused["value"] is None and "proxy: dynamic degree" in refused["reason"]
     del values["color"]
     assert "not measured: color" in vbench.total("vbench_total", values, backends)["reason"]
+
+
+def test_summary_takes_the_official_measurement_of_a_dimension_over_its_proxy():
+    from mugv.eval.report import summary
+    from mugv.eval.scores import Metric, Score
+    from mugv.eval.suite import VideoResult
+
+    metrics = [Metric("raft", "official", "VBench", True, "", lambda v: 0.0, vbench_dimension="dynamic degree"),
+               Metric("dis", "proxy", "mugv", True, "", lambda v: 0.0, vbench_dimension="dynamic degree")]
+    result = VideoResult("v", "v.mp4", scores={"raft": Score(1.0), "dis": Score(0.0)}, seconds={"raft": 1.0})
+    figures = summary([result], metrics, [], {}, "test")
+    reason = figures["vbench"]["vbench_total"]["reason"]
+    assert "dynamic degree" not in reason and "not measured: subject consistency" in reason
