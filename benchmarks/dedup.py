@@ -1,17 +1,25 @@
-"""Near-duplicate search: multi-index hashing vs comparing every pair, in the same run.
+"""Near-duplicate search at scale: LSH (the default) against exact multi-index hashing, same run.
 
-    python benchmarks/dedup.py [--clips 20000] [--repeats 3]
+    python benchmarks/dedup.py [--sizes 20000 200000 2000000] [--exact-cap 300]
 
-Hashes: 3 uniform random 64-bit hashes a clip, a third of the clips overwritten by copies of
-others with 0-40 of their 192 bits flipped (so about a fifth of the copies lie within the default
-mean distance of 8). Both methods must return the same pairs; the script says so, then prints the
-median seconds of each and their ratio.
+Hashes: 3 uniform random 64-bit hashes a clip; the last third of the clips are copies of random
+earlier ones with 0-40 of their 192 bits flipped (`dedup.planted_near_duplicates`). The true
+pairs at the default mean distance of 8 (24 bits) are the close pairs within each copy family
+(`dedup.planted_pairs`); wherever the exact method runs, the script checks that they are exactly
+its all-pairs answer. For each size it prints the seconds of each method, the LSH pairs' recall
+(of true pairs, and of duplicate clips: clips that end in the same cluster as with the true
+pairs), that no reported pair is false, the peak memory and the machine's load. The exact
+method runs while its time, extrapolated as n^2 from the last size, stays under --exact-cap.
+Then both are extrapolated to 10M and 100M clips from the growth measured between the two
+largest sizes each ran at.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
+import os
+import resource
 import time
 
 import numpy as np
@@ -19,33 +27,81 @@ import numpy as np
 from mugv.curate import dedup
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 200_000, 2_000_000])
+    parser.add_argument("--exact-cap", type=float, default=300.0, help="seconds the exact method may be expected to take")
     args = parser.parse_args()
-    hashes = dedup.near_duplicate_hashes(np.random.default_rng(0), args.clips)
     cfg = dedup.DedupConfig()
-    # The brute force compares 256 rows at a time, so its [256, n, 3] XOR block stays small.
-    brute_cfg = dedup.DedupConfig(block=256)
-    methods = {
-        "lsh": lambda: dedup.similar_pairs(cfg, hashes, None),
-        "brute": lambda: dedup.brute_force_pairs(brute_cfg, hashes, None),
-    }
-    seconds: dict[str, list[float]] = {name: [] for name in methods}
-    results = {}
-    for _ in range(args.repeats):  # interleaved, so load on the machine hits both alike
-        for name, method in methods.items():
+    print(f"{os.cpu_count()} CPUs, load average {_load()} at the start; recall target {cfg.recall} at mean distance {cfg.max_hash_distance}")
+    print("| clips | true pairs | LSH s | LSH bands x bits | pair recall | duplicate-clip recall | false pairs | exact s | exact / LSH | peak RSS | load |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    lsh_times: dict[int, float] = {}
+    exact_times: dict[int, float] = {}
+    for clips in args.sizes:
+        hashes, source = dedup.planted_near_duplicates(np.random.default_rng(0), clips)
+        truth = dedup.planted_pairs(hashes, source, cfg.max_hash_distance)
+        start = time.perf_counter()
+        found = dedup.similar_pairs(cfg, hashes, None)
+        lsh_times[clips] = time.perf_counter() - start
+        max_total = dedup._max_total_distance(cfg.max_hash_distance, hashes.shape[1])
+        bands = dedup.lsh_bands(clips, hashes.shape[1], max_total, cfg.recall, cfg.seed)
+        exact_cell, ratio_cell = "skipped", "-"
+        if exact_times:
+            last = max(exact_times)
+            expected = exact_times[last] * (clips / last) ** 2
+        else:
+            expected = 0.0
+        if expected <= args.exact_cap:
             start = time.perf_counter()
-            results[name] = method()
-            seconds[name].append(time.perf_counter() - start)
-    if results["lsh"] != results["brute"]:
-        raise SystemExit("multi-index hashing and brute force disagree")
-    lsh, brute = statistics.median(seconds["lsh"]), statistics.median(seconds["brute"])
-    clusters = len(set(dedup.cluster(len(hashes), results["lsh"])))
-    print(f"{args.clips} clips, {len(results['lsh'])} near-duplicate pairs ({args.clips - clusters} duplicates), identical results")
-    print(f"brute force (all pairs): {brute:.2f} s; multi-index hashing: {lsh:.2f} s; speed-up {brute / lsh:.1f}x (median of {args.repeats})")
+            exact = dedup.similar_pairs(dedup.DedupConfig(method="exact"), hashes, None)
+            exact_times[clips] = time.perf_counter() - start
+            if exact != truth:
+                raise SystemExit(f"{clips} clips: the planted pairs are not the all-pairs answer")
+            exact_cell, ratio_cell = f"{exact_times[clips]:.1f}", f"{exact_times[clips] / lsh_times[clips]:.2f}x"
+        else:
+            exact_cell = f"skipped (~{expected:.0f} s as n^2)"
+        true_set = set(truth)
+        hits = sum(pair in true_set for pair in found)
+        false_pairs = len(found) - hits
+        print(
+            f"| {clips:,} | {len(truth):,} | {lsh_times[clips]:.1f} | {len(bands)} x {bands.shape[1]} | {hits / len(truth):.4f} "
+            f"| {_duplicate_recall(clips, found, truth):.4f} | {false_pairs} | {exact_cell} | {ratio_cell} | {_peak_rss()} | {_load()} |",
+            flush=True,
+        )
+        if false_pairs:
+            raise SystemExit(f"{clips} clips: {false_pairs} reported pairs are not within the threshold")
+    print(_extrapolation("LSH", lsh_times))
+    print(_extrapolation("exact", exact_times))
+    if exact_times:  # its candidates are a fixed share of all pairs: n^2 in the end
+        last = max(exact_times)
+        print("exact as n^2: " + ", ".join(f"{t // 10**6}M clips ~{exact_times[last] * (t / last) ** 2 / 3600:,.0f} h" for t in (10**7, 10**8)))
+
+
+def _duplicate_recall(clips: int, found: list[tuple[int, int]], truth: list[tuple[int, int]]) -> float:
+    """Share of the clips that the true pairs mark as duplicates (all but one of each cluster)
+    that the found pairs mark too."""
+    true_roots = np.array(dedup.cluster(clips, truth))
+    found_roots = np.array(dedup.cluster(clips, found))
+    duplicates = true_roots != np.arange(clips)
+    return float(np.mean(found_roots[duplicates] != np.flatnonzero(duplicates))) if duplicates.any() else 1.0
+
+
+def _extrapolation(name: str, times: dict[int, float]) -> str:
+    if len(times) < 2:
+        return f"{name}: ran at one size only, no growth to extrapolate from"
+    small, large = sorted(times)[-2:]
+    exponent = math.log(times[large] / times[small]) / math.log(large / small)
+    guesses = ", ".join(f"{target // 10**6}M clips ~{times[large] * (target / large) ** exponent / 60:,.0f} min" for target in (10**7, 10**8))
+    return f"{name}: time grows as n^{exponent:.2f} between {small:,} and {large:,} clips; extrapolated: {guesses}"
+
+
+def _peak_rss() -> str:
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB"
+
+
+def _load() -> str:
+    return "/".join(f"{value:.0f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":
