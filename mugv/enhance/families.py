@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 from mugv.enhance import adapters
-from mugv.enhance.config import WAN_DIT_PRESETS, WAN_VAE_PRESETS, WanDiTConfig, WanVAEConfig
+from mugv.enhance.config import (
+    WAN_DIT_PRESETS,
+    WAN_VAE_PRESETS,
+    WanDiTConfig,
+    WanVAEConfig,
+)
 from mugv.models.registry import ModelFamily, register
 
 

@@ -11,8 +11,7 @@ linspace(sigma, 0, steps + 1), which the release never does (it always takes one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ from torch import nn
 
 from mugv.enhance.config import CFG_SCALE, SIGMA
 from mugv.enhance.text import TEXT_LEN, UMT5PromptEncoder
+from mugv.utils.device import visiting
 
 
 @dataclass
@@ -39,7 +39,7 @@ def fit_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = frames.shape[1:3]
     scale = max(width / w, height / h)
     new_h, new_w = round(h * scale), round(w * scale)
-    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    top, left = round((new_h - height) / 2.0), round((new_w - width) / 2.0)
     out = np.empty((len(frames), height, width, 3), np.uint8)
     for i, frame in enumerate(frames):
         image = Image.fromarray(np.ascontiguousarray(frame))
@@ -87,17 +87,8 @@ class VideoEnhancer:
         self.latents_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
         self.latents_std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
 
-    @contextmanager
-    def _using(self, module: nn.Module) -> Iterator[None]:
-        if self.offload:
-            module.to(self.device)
-        try:
-            yield
-        finally:
-            if self.offload:
-                module.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+    def _using(self, module: nn.Module):
+        return visiting(module, self.device, self.offload)
 
     @torch.no_grad()
     def encode_prompts(self, *prompts: str) -> list[torch.Tensor]:

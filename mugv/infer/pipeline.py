@@ -10,7 +10,7 @@ latents after every step; the VAE decodes; the reference frame is kept exactly i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,7 @@ from mugv.flow import CFGVelocity, euler_sample, sampling_sigmas, shift_ratio
 from mugv.models.dit.model import MUGDiT
 from mugv.models.text.encoders import TextEmbeddings, with_aesthetic
 from mugv.models.vae.model import MUGVideoVAE
+from mugv.utils.device import visiting
 
 ASPECT_RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16")
 # (height, width) per resolution, in the order of ASPECT_RATIOS; every size divisible by 16.
@@ -154,17 +155,8 @@ class VideoGenerator:
                 f"the text encoder gives {text_encoder.dim}-d states but the DiT takes {dit.cfg.text_dim}-d text"
             )
 
-    @contextlib.contextmanager
-    def _on_device(self, module: torch.nn.Module) -> Iterator[None]:
-        if self.offload:
-            module.to(self.device)
-        try:
-            yield
-        finally:
-            if self.offload:
-                module.to("cpu")
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+    def _on_device(self, module: torch.nn.Module):
+        return visiting(module, self.device, self.offload)
 
     # ----- pieces ----------------------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from mugv.errors import ConfigError
@@ -19,3 +22,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r}: this machine has no CUDA device")
     return device
+
+
+@contextmanager
+def visiting(module: torch.nn.Module, device: torch.device, offload: bool) -> Iterator[None]:
+    """With `offload`, `module` is on `device` only inside the block and back on the CPU after
+    (its CUDA memory returned to the driver); without, nothing moves."""
+    if offload:
+        module.to(device)
+    try:
+        yield
+    finally:
+        if offload:
+            module.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
