@@ -268,16 +268,11 @@ def agreement(by_item: dict[str, dict[str, str]], categories: Sequence, order: S
 
 
 def clip_motion(path) -> float:
-    """Mean absolute change between consecutive frames (0-1, 64-pixel grey frames): how much a clip moves.
+    """How much a clip moves: VBench's dynamic-degree reading (mugv.eval), as a continuous value
+    where 1 is VBench's bar for a moving frame pair."""
+    from mugv.eval.suite import dynamic_degree_of_file
 
-    The one seam for motion: switch to mugv.eval's dynamic degree once it exists."""
-    from mugv.video.reader import decode
-
-    video = decode(path, short_side=64, max_frames=128)
-    frames = np.asarray(video.frames, dtype=np.float32).mean(axis=3) / 255.0
-    if len(frames) < 2:
-        return 0.0
-    return float(np.abs(np.diff(frames, axis=0)).mean())
+    return float(dynamic_degree_of_file(path).relative_motion)
 
 
 def static_winner_check(pairs: Sequence[tuple[float, float]], threshold: float = 0.6) -> dict:
