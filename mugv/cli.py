@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encode": ("mugv.commands.encode", "encode curated clips into latent + text shards"),
     "annotate": ("mugv.commands.annotate", "label videos in a local web app: preferences, grades, side-by-side"),
     "eval": ("mugv.commands.eval", "score generated videos offline; every number says official or proxy"),
+    "enhance": ("mugv.commands.enhance", "refine videos with the MUG-V enhancer (the release's weights)"),
 }
 
 

@@ -151,10 +151,20 @@ class VideoEnhancer:
         return z
 
     def enhance(self, frames: np.ndarray, prompt: str, negative_prompt: str, settings: EnhanceSettings,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """uint8 (T, H, W, 3) frames, T = 4k + 1, sides multiples of 16 -> enhanced uint8 frames."""
+                progress: Callable[[int], None] = lambda _: None) -> np.ndarray:
+        """uint8 (T, H, W, 3) frames, T = 4k + 1, sides multiples of 16 -> enhanced uint8 frames.
+        `progress(1)` is called after each of `enhancer_stages(settings.steps)` stages."""
         positive, negative = self.encode_prompts(prompt, negative_prompt)
+        progress(1)
         z0 = self.encode_video(frames_to_video(frames))
+        progress(1)
         noise = torch.randn(z0.shape, generator=torch.Generator("cpu").manual_seed(settings.seed), dtype=torch.float32)
         z = self.denoise(z0, noise, positive, negative, settings.sigma, settings.steps, settings.cfg_scale, progress)
-        return video_to_frames(self.decode_latents(z))
+        frames = video_to_frames(self.decode_latents(z))
+        progress(1)
+        return frames
+
+
+def enhancer_stages(steps: int) -> int:
+    """Stages `VideoEnhancer.enhance` reports: the prompts, the VAE encode, each step, the decode."""
+    return steps + 3
