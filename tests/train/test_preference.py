@@ -184,3 +184,10 @@ def test_the_trainer_runs_dpo_with_lora_and_logs_the_preference_metrics(tmp_path
                 "e_ref_rejected", "kl"):
         assert key in history[-1]
     assert history[-1]["kl"] > 0
+
+
+@pytest.mark.parametrize("name", ["dpo", "kto"])
+def test_the_recipes_start_from_an_sft_checkpoint_with_lora(name):
+    cfg = load_config(name)
+    assert cfg.train.objective == name and cfg.checkpoint.init_weights and cfg.lora.rank > 0
+    assert build_objective(cfg, ConditioningPolicy()).reference is ReferenceMode.ADAPTERS_OFF
