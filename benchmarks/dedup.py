@@ -11,7 +11,8 @@ its all-pairs answer. For each size it prints the seconds of each method, the LS
 pairs), that no reported pair is false, the LSH search's peak memory (beside the hashes) and the machine's load. The exact
 method runs while its time, extrapolated as n^2 from the last size, stays under --exact-cap.
 Then both are extrapolated to 10M and 100M clips from the growth measured between the two
-largest sizes each ran at.
+largest sizes each ran at, LSH also from its cost per clip and band at the largest size times
+the clips and bands it would need (its work is a sort and about one check per clip and band).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     print("| clips | true pairs | LSH s | LSH bands x bits | pair recall | duplicate-clip recall | false pairs | exact s | exact / LSH | LSH peak memory | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     lsh_times: dict[int, float] = {}
+    lsh_band_count: dict[int, int] = {}
     exact_times: dict[int, float] = {}
     for clips in args.sizes:
         hashes, source = dedup.planted_near_duplicates(np.random.default_rng(0), clips)
@@ -49,6 +51,7 @@ def main() -> None:
         tracemalloc.stop()
         max_total = dedup._max_total_distance(cfg.max_hash_distance, hashes.shape[1])
         bands = dedup.lsh_bands(clips, hashes.shape[1], max_total, cfg.recall, cfg.seed)
+        lsh_band_count[clips] = len(bands)
         exact_cell, ratio_cell = "skipped", "-"
         if exact_times:
             last = max(exact_times)
@@ -75,6 +78,14 @@ def main() -> None:
         if false_pairs:
             raise SystemExit(f"{clips} clips: {false_pairs} reported pairs are not within the threshold")
     print(_extrapolation("LSH", lsh_times))
+    # The work itself: a sort and about one check per clip and band, and the bands grow slowly.
+    largest = max(lsh_times)
+    per_clip_band = lsh_times[largest] / (largest * lsh_band_count[largest])
+    guesses = []
+    for target in (10**7, 10**8):
+        bands = len(dedup.lsh_bands(target, 3, max_total, cfg.recall, cfg.seed))
+        guesses.append(f"{target // 10**6}M clips x {bands} bands ~{per_clip_band * target * bands / 60:,.0f} min")
+    print(f"LSH at {per_clip_band * 1e9:.0f} ns per clip and band (as at {largest:,}): " + ", ".join(guesses))
     print(_extrapolation("exact", exact_times))
     if exact_times:  # its candidates are a fixed share of all pairs: n^2 in the end
         last = max(exact_times)
