@@ -21,12 +21,16 @@ class InputItem:
     caption: str = ""
     source: str = ""
     license: str = ""
+    # The file's name within the input: relative to the input folder (or the list's or table's
+    # folder) when inside it, else absolute. Moving the input keeps it, and so the clip ids.
+    name: str = ""
 
 
 def read_inputs(spec: str | Path) -> list[InputItem]:
     root = Path(spec)
     if root.is_dir():
-        return [InputItem(os.path.abspath(p)) for p in sorted(root.rglob("*")) if p.is_file()]
+        return [InputItem(os.path.abspath(p), name=p.relative_to(root).as_posix())
+                for p in sorted(root.rglob("*")) if p.is_file()]
     if not root.is_file():
         raise ConfigError(f"input {root} is neither a folder nor a file")
     suffix = root.suffix.lower()
@@ -40,7 +44,7 @@ def read_inputs(spec: str | Path) -> list[InputItem]:
         return _from_rows(pq.read_table(root).to_pylist(), root)
     # A list of paths, one a line; relative paths are relative to the list's folder.
     lines = [line.strip() for line in root.read_text().splitlines()]
-    return [InputItem(_resolve(line, root)) for line in lines if line and not line.startswith("#")]
+    return [_item(line, root) for line in lines if line and not line.startswith("#")]
 
 
 def _from_rows(rows: list[dict], table: Path) -> list[InputItem]:
@@ -49,10 +53,14 @@ def _from_rows(rows: list[dict], table: Path) -> list[InputItem]:
     items = []
     for row in rows:
         extras = {k: "" if row.get(k) is None else str(row.get(k)) for k in CARRIED_COLUMNS}
-        items.append(InputItem(_resolve(str(row["path"]), table), **extras))
+        items.append(_item(str(row["path"]), table, **extras))
     return items
 
 
-def _resolve(path: str, listing: Path) -> str:
-    """`path` made absolute; a relative one is relative to the list's or table's folder."""
-    return os.path.abspath(listing.parent / Path(path).expanduser())
+def _item(path: str, listing: Path, **extras: str) -> InputItem:
+    """`path` made absolute (a relative one is relative to the list's or table's folder), and its
+    name within that folder."""
+    folder = os.path.abspath(listing.parent)
+    absolute = os.path.abspath(os.path.join(folder, Path(path).expanduser()))
+    name = Path(os.path.relpath(absolute, folder)).as_posix() if Path(absolute).is_relative_to(folder) else absolute
+    return InputItem(absolute, name=name, **extras)

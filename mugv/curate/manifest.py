@@ -15,7 +15,7 @@ KEPT, REJECTED = "kept", "rejected"
 MANIFEST_SCHEMA = pa.schema(
     [
         ("clip_id", pa.string()),  # "<video_id>-<clip_index>"
-        ("video_id", pa.string()),  # hash of the source path, size and modification time
+        ("video_id", pa.string()),  # hash of the file's name within the input, size and ends (runner.video_id)
         ("path", pa.string()),  # absolute
         ("source", pa.string()),  # carried from the input table
         ("license", pa.string()),  # carried from the input table

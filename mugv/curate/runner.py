@@ -31,6 +31,7 @@ from mugv.video import VideoError, VideoReader, YuvFrames
 from mugv.video.reader import is_media_path
 
 MANIFEST_NAME = "manifest.parquet"
+EDGE_BYTES = 1 << 16  # of each end of a file, in its id: a re-encode changes both (container header, index)
 SUMMARY_NAME = "summary.txt"
 # Fresh interpreters: forking a parent that has run codec or OpenCV threads can deadlock.
 _SPAWN = multiprocessing.get_context("spawn")
@@ -45,13 +46,20 @@ class CurateResult:
     seconds: float
 
 
-def video_id(path: str) -> str:
-    """Stable id of a file's current content: its absolute path, size and modification time."""
+def video_id(item: InputItem) -> str:
+    """Stable id of an input file's content, the same wherever the input lives and whenever the file
+    was written: its name within the input (`InputItem.name`), its size and a digest of its first
+    and last 64 KiB. Clip ids, and so the order of samples in encoding and training, follow from it."""
+    name = item.name or os.path.abspath(item.path)
     try:
-        stat = os.stat(path)
-        key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+        with open(item.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            ends = hashlib.sha1(f.read(EDGE_BYTES))
+            f.seek(max(size - EDGE_BYTES, 0))
+            ends.update(f.read(EDGE_BYTES))
+        key = f"{name}|{size}|{ends.hexdigest()}"
     except OSError:
-        key = os.path.abspath(path)
+        key = name
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -69,7 +77,7 @@ def per_video_settings(cfg: CurateConfig) -> str:
 def curate_video(item: InputItem, cfg: CurateConfig) -> list[dict]:
     """All candidate-clip rows of one video; any failure becomes a rejected row, never an error."""
     base = {
-        "video_id": video_id(item.path),
+        "video_id": video_id(item),
         "path": item.path,
         "source": item.source,
         "license": item.license,
@@ -249,7 +257,7 @@ def run_curation(input_spec: str | Path, out_dir: str | Path, cfg: CurateConfig)
     (out / "curate.toml").write_text(to_toml(cfg))
     # Every input file gets rows, except what this run writes when --out lies inside the input.
     inputs = [i for i in read_inputs(input_spec) if not Path(i.path).is_relative_to(os.path.abspath(out))]
-    items = list({video_id(i.path): i for i in inputs}.items())
+    items = list({video_id(i): i for i in inputs}.items())
     pending = [(vid, item) for vid, item in items if not (cfg.run.resume and _part_path(parts, vid, item).is_file())]
     by_id = dict(items)
 
@@ -276,8 +284,13 @@ def run_curation(input_spec: str | Path, out_dir: str | Path, cfg: CurateConfig)
 
 def _part_path(parts: Path, vid: str, item: InputItem) -> Path:
     """Where a video's rows are kept; the input-table columns are part of the key, since an
-    edited caption or licence changes the rows."""
-    carried = hashlib.sha1(f"{item.caption}\0{item.source}\0{item.license}".encode()).hexdigest()[:8]
+    edited caption or licence changes the rows, and so is the file's modification time, so that a
+    rewritten file is curated again even where its id stays."""
+    try:
+        written = os.stat(item.path).st_mtime_ns
+    except OSError:
+        written = 0
+    carried = hashlib.sha1(f"{item.caption}\0{item.source}\0{item.license}\0{written}".encode()).hexdigest()[:8]
     return parts / f"{vid}-{carried}.parquet"
 
 
