@@ -137,6 +137,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Torch's deterministic algorithms and fixed cuDNN / cuBLAS choices: bit-identical GPU runs for
+    # some speed. CPU runs are bit-identical without it (docs/training.md, "Reproducibility").
+    deterministic: bool = False
     # What the model is trained on: a name in mugv.train.objectives.OBJECTIVES ("flow": rectified flow).
     objective: str = "flow"
     # The fused attention kernel to prefer on CUDA: auto (torch's order), cudnn, flash or efficient

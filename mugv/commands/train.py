@@ -17,12 +17,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config, print the resolved tree (and, with --world-size, the parallel "
                              "plan with per-rank memory estimates), exit")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="shorthand for --train.deterministic=true: torch's deterministic algorithms, for "
+                             "bit-identical GPU runs at some speed (CPU runs are bit-identical without it)")
     parser.add_argument("--world-size", type=int, default=0,
                         help="with --dry-run: plan the device mesh and sharded model for this many ranks")
     parser.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> int:
+    overrides = [*overrides, "--train.deterministic=true"] if args.deterministic else overrides
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError:

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config", default="vae_tiny", help="profile name (./configs/NAME.toml, else a shipped one) or a TOML path (default: vae_tiny)")
     train.add_argument("--source", action="append", default=[], help="folder, media file or manifest (repeatable; adds to data.sources)")
     train.add_argument("--dry-run", action="store_true", help="validate the config, print the resolved tree, exit")
+    train.add_argument("--deterministic", action="store_true",
+                       help="shorthand for --train.deterministic=true: torch's deterministic algorithms, for "
+                            "bit-identical GPU runs at some speed (CPU runs are bit-identical without it)")
     train.set_defaults(func=run_train, accepts_overrides=True)
 
     for name, helptext in (
@@ -70,6 +73,7 @@ def _run_config(args: argparse.Namespace, overrides: list[str]):
 def run_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from mugv.vae_train.config import VAERunConfig
 
+    overrides = [*overrides, "--train.deterministic=true"] if args.deterministic else overrides
     data = deep_merge(load_profile_dict(args.config), parse_overrides(overrides))
     if args.source:
         data = deep_merge(data, {"data": {"sources": list(data.get("data", {}).get("sources", [])) + args.source}})

@@ -39,6 +39,7 @@ from mugv.train.ema import EMA, PowerEMA
 from mugv.train.lora import apply_lora, lora_state_dict
 from mugv.train.objectives import build_objective, build_reference
 from mugv.train.validation import validation_loss
+from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
 from mugv.utils.device import resolve_device
 
 
@@ -104,7 +105,8 @@ class Trainer:
 
         self.dist = init_distributed(cfg)
         self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
+        use_deterministic_algorithms(cfg.train.deterministic)
+        seed_everything(cfg.train.seed)
         family = family_of(cfg.model)
         self.model = (model or build_model(cfg.model)).to(self.device)
         if cfg.checkpoint.init_weights:

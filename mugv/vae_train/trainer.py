@@ -28,6 +28,7 @@ from mugv.models.vae.adapters import load_into, read_state_dict
 from mugv.models.vae.model import DiagonalGaussian, MUGVideoVAE
 from mugv.train.checkpoint import keep_last_checkpoints, load_tensor_file, publish
 from mugv.utils.device import resolve_device
+from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
 from mugv.vae_train.config import VAERunConfig
 from mugv.vae_train.data import MediaPool, to_uint8
 from mugv.vae_train.losses import (
@@ -81,7 +82,8 @@ class VAETrainer:
         self.cfg = cfg
         self.media = media
         self.device = resolve_device(cfg.train.device)
-        torch.manual_seed(cfg.train.seed)
+        use_deterministic_algorithms(cfg.train.deterministic)
+        seed_everything(cfg.train.seed)
         self.model = MUGVideoVAE(cfg.model).to(self.device)
         if cfg.checkpoint.init_weights:
             report = load_into(self.model, read_state_dict(cfg.checkpoint.init_weights))
