@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugv.demo.world import Scene, render
+from mugv.demo.world import Scene, render, sub_seed
 from mugv.video.synthetic import blur, freeze
 from mugv.video.writer import write_mp4
 
@@ -51,7 +51,8 @@ def build_corpus(out: Path, train_scenes: list[Scene], spec: CorpusSpec, real_cl
         return path
 
     def clip(scene: Scene, seed: int, frames: int | None = None) -> np.ndarray:
-        return render(scene, frames=frames or spec.frames, height=spec.size, width=spec.size, seed=seed)
+        return render(scene, frames=frames or spec.frames, height=spec.size, width=spec.size,
+                      seed=sub_seed(spec.seed, seed))
 
     serial = 0
     clean_paths: list[tuple[Path, Scene]] = []

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mugv.cli import main as mugv_main
-from mugv.demo.world import Scene, render, split_scenes
+from mugv.demo.world import Scene, render, split_scenes, sub_seed
 from mugv.errors import MugvError, user_error_message
 
 
@@ -59,15 +59,29 @@ def run(command: list[str]) -> None:
 
 
 class Demo:
-    def __init__(self, out: Path, plan: DemoPlan):
+    """`seed` seeds every random choice of the run (held-out scenes, corpus, training, sampling);
+    `deterministic` trains with torch's deterministic algorithms (`train.deterministic`)."""
+
+    def __init__(self, out: Path, plan: DemoPlan, seed: int = 0, deterministic: bool = False):
         self.out = out
         self.plan = plan
+        self.seed = seed
+        self.deterministic = deterministic
         self.timings: dict[str, float] = {}
-        self.train_scenes, self.held_scenes = split_scenes()
+        self.train_scenes, self.held_scenes = split_scenes(seed=seed)
         out.mkdir(parents=True, exist_ok=True)
+        seed_file = out / "seed.txt"  # a resumed demo must keep its seed: its finished stages used it
+        if seed_file.is_file() and int(seed_file.read_text()) != seed:
+            raise DemoError(f"{out} holds a demo run with --seed {int(seed_file.read_text())}; "
+                            f"give --seed {seed} another --out")
+        seed_file.write_text(f"{seed}\n")
         timings_file = out / "timings.json"
         if timings_file.is_file():
             self.timings = json.loads(timings_file.read_text())
+
+    def training_flags(self) -> list[str]:
+        """What `mugv vae train` and `mugv train` get from the demo's own flags."""
+        return [f"--train.seed={self.seed}", *(["--train.deterministic=true"] if self.deterministic else [])]
 
     @contextmanager
     def stage(self, name: str):
@@ -85,14 +99,16 @@ class Demo:
 
         table = self.out / "corpus" / "corpus.csv"
         if not table.is_file():
-            build_corpus(self.out / "corpus", self.train_scenes, CorpusSpec(clips_per_scene=self.plan.clips_per_scene),
+            build_corpus(self.out / "corpus", self.train_scenes, CorpusSpec(clips_per_scene=self.plan.clips_per_scene,
+                                                                          seed=self.seed),
                          bundled_sample_clips())
         return table
 
     def curate(self, table: Path) -> Path:
         manifest = self.out / "curate" / "manifest.parquet"
         if not manifest.is_file():
-            run(["curate", str(table), "--out", str(self.out / "curate"), "--config", "curate-demo"])
+            run(["curate", str(table), "--out", str(self.out / "curate"), "--config", "curate-demo",
+                 f"--balance.seed={self.seed}"])
         return manifest
 
     def vae(self, manifest: Path) -> Path:
@@ -108,14 +124,15 @@ class Demo:
         held_out = run_dir / "eval-clips"
         held_out.mkdir(parents=True, exist_ok=True)
         for i, scene in enumerate(self.held_scenes[:3]):
-            write_mp4(held_out / f"{i}.mp4", render(scene, frames=17, height=64, width=64, seed=500 + i), fps=12)
+            clip = render(scene, frames=17, height=64, width=64, seed=sub_seed(self.seed, 500 + i))
+            write_mp4(held_out / f"{i}.mp4", clip, fps=12)
         untrained = run_dir / "untrained.safetensors"
-        torch.manual_seed(0)
+        torch.manual_seed(self.seed)
         save_file(MUGVideoVAE(VAEConfig.from_preset("tiny")).state_dict(), untrained)
         evaluate = ["vae", "eval", str(held_out), "--preset", "tiny", "--height", "64", "--width", "64", "--frames", "17"]
         run([*evaluate, "--weights", str(untrained), "--output", str(run_dir / "eval-before.json")])
         run(["vae", "train", "--config", "vae-demo", "--source", str(manifest), f"--run_dir={run_dir}",
-             *self.plan.vae_overrides])
+             *self.training_flags(), *self.plan.vae_overrides])
         weights = latest_checkpoint_dir(run_dir) / "model.safetensors"
         run([*evaluate, "--weights", str(weights), "--output", str(run_dir / "eval-after.json")])
         return self.normalized_vae(manifest, weights)
@@ -146,7 +163,8 @@ class Demo:
 
     def train(self, shards: Path) -> Path:
         run_dir = self.out / "dit"
-        run(["train", "--config", "demo", f"--data.shards={shards}", f"--run_dir={run_dir}", *self.plan.dit_overrides])
+        run(["train", "--config", "demo", f"--data.shards={shards}", f"--run_dir={run_dir}",
+             *self.training_flags(), *self.plan.dit_overrides])
         return run_dir
 
     def prompts(self) -> tuple[Path, list[tuple[str, Scene]]]:
@@ -155,16 +173,16 @@ class Demo:
         for scene in self.held_scenes:
             for seed in range(self.plan.seeds_per_prompt):
                 name = f"t2v-{scene.color}-{scene.shape}-{scene.direction}-{seed}"
-                rows.append({"prompt": scene.caption, "name": name, "seed": seed, "image": ""})
+                rows.append({"prompt": scene.caption, "name": name, "seed": sub_seed(self.seed, seed), "image": ""})
                 cases.append((name, scene))
         scene = self.held_scenes[0]
         reference = self.out / "generate" / "i2v-reference.png"
         reference.parent.mkdir(parents=True, exist_ok=True)
         from PIL import Image
 
-        Image.fromarray(render(scene, frames=1, height=64, width=64, seed=99)[0]).save(reference)
+        Image.fromarray(render(scene, frames=1, height=64, width=64, seed=sub_seed(self.seed, 99))[0]).save(reference)
         rows.append({"prompt": scene.caption, "name": f"i2v-{scene.color}-{scene.shape}-{scene.direction}",
-                     "seed": 0, "image": str(reference)})
+                     "seed": sub_seed(self.seed, 0), "image": str(reference)})
         cases.append((rows[-1]["name"], scene))
         table = self.out / "generate" / "prompts.csv"
         with table.open("w", newline="") as f:
@@ -220,5 +238,5 @@ def read_frames(path: Path) -> np.ndarray:
     return decode(path).frames
 
 
-def run_demo(out: Path, quick: bool = False) -> Path:
-    return Demo(out, DemoPlan.quick() if quick else DemoPlan()).all()
+def run_demo(out: Path, quick: bool = False, seed: int = 0, deterministic: bool = False) -> Path:
+    return Demo(out, DemoPlan.quick() if quick else DemoPlan(), seed=seed, deterministic=deterministic).all()

@@ -40,6 +40,12 @@ def all_scenes() -> list[Scene]:
     return [Scene(c, s, d) for c, s, d in itertools.product(COLORS, SHAPES, DIRECTIONS)]
 
 
+def sub_seed(seed: int, n: int) -> int:
+    """The seed of item `n` of a run seeded `seed`: every seed of a demo follows its `--seed`, and seed 0
+    keeps `n` itself."""
+    return seed * 1_000_003 + n
+
+
 def split_scenes(held_out: int = 6, seed: int = 0) -> tuple[list[Scene], list[Scene]]:
     """Train and held-out scenes; every colour, shape and direction still appears in training,
     only the held-out combinations are new."""
