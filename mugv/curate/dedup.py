@@ -33,8 +33,8 @@ upper triangle only: quadratic in those clips, at BLAS speed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
@@ -266,30 +266,36 @@ def _mix64(values: np.ndarray) -> np.ndarray:
     return values ^ (values >> np.uint64(31))
 
 
+RAY_BANDS_AT_ONCE = 8  # the routed rows of a wave of bands (40 bytes a clip and band) are in flight
+
+
 def _ray_lsh_pairs(hashes: np.ndarray, bands: np.ndarray, max_total: int, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
     """`_lsh_pairs` as Ray tasks: `cfg.partitions` shards of clips each split their rows by
     (band, band value modulo partitions); one task per (band, partition) finds that part's pairs
-    from the rows (ids and hashes) it receives, never all of them."""
+    from the rows (ids and hashes) it receives, never all of them. Bands go in waves of
+    `RAY_BANDS_AT_ONCE`, which bounds the object store's share."""
     import ray
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    parts = len(bands) * cfg.partitions
-    route = ray.remote(num_returns=parts)(_route_shard) if parts > 1 else ray.remote(lambda *a: [_route_shard(*a)[0]])
     shard = -(-len(hashes) // cfg.partitions)
-    routed = []
-    for start in range(0, len(hashes), shard):
-        pieces = route.remote(start, hashes[start : start + shard], bands, cfg.partitions)
-        routed.append(pieces if parts > 1 else [pieces])
+    shards = [(start, ray.put(hashes[start : start + shard])) for start in range(0, len(hashes), shard)]
     find = ray.remote(_partition_pairs)
-    tasks = [
-        find.remote(band, bands.shape[1], max_total, cfg.bucket_cap, *(pieces[band * cfg.partitions + part] for pieces in routed))
-        for band in range(len(bands))
-        for part in range(cfg.partitions)
-    ]
-    found = ray.get(tasks)
-    codes = np.unique(np.concatenate([np.zeros(0, np.int64), *(left * len(hashes) + right for left, right in found)]))
-    return codes // len(hashes), codes % len(hashes)
+    codes = [np.zeros(0, np.int64)]
+    for first in range(0, len(bands), RAY_BANDS_AT_ONCE):
+        wave = bands[first : first + RAY_BANDS_AT_ONCE]
+        parts = len(wave) * cfg.partitions
+        route = ray.remote(num_returns=parts)(_route_shard)
+        routed = [route.remote(start, rows, wave, cfg.partitions) for start, rows in shards]
+        if parts == 1:  # a single return comes back as one reference, not a list
+            routed = [[pieces] for pieces in routed]
+        tasks = [
+            find.remote(first + band, bands.shape[1], max_total, cfg.bucket_cap, *(pieces[band * cfg.partitions + part] for pieces in routed))
+            for band in range(len(wave))
+            for part in range(cfg.partitions)
+        ]
+        codes = [np.unique(np.concatenate([*codes, *(left * len(hashes) + right for left, right in ray.get(tasks))]))]
+    return codes[0] // len(hashes), codes[0] % len(hashes)
 
 
 def _route_shard(start: int, hashes: np.ndarray, bands: np.ndarray, partitions: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
