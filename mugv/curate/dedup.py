@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from mugv.config import ConfigError
+from mugv.utils.progress import track
 from mugv.video import sample_indices, to_gray
 
 HASH_FRAMES = 3
@@ -157,6 +158,7 @@ def _exact_hash_pairs(hashes: np.ndarray, max_total: int) -> list[tuple[np.ndarr
 
 MIN_SAMPLED_BITS = 8  # fewer and every band is a handful of huge buckets
 MAX_SAMPLED_BITS = 40  # a band value and a tie-break of >= 23 bits fit one int64 sort key
+LONG_SEARCH_CLIP_BANDS = 5 * 10**7
 MAX_LSH_BANDS = 1000  # a threshold needing more is loose enough for the exact search to be no slower
 
 
@@ -189,13 +191,19 @@ def _lsh_pairs(hashes: np.ndarray, bands: np.ndarray, max_total: int, cfg: Dedup
     columns = [np.ascontiguousarray(column) for column in hashes.T]
     ids = np.arange(len(hashes), dtype=np.int64)
     codes = [np.zeros(0, np.int64)]
-    for band, positions in enumerate(bands):
+    for band in track(range(len(bands)), desc="dedup", unit="band", enabled=_is_long(hashes, bands)):
+        positions = bands[band]
         left, right = _band_pairs(columns, ids, _band_keys(columns, positions), band, len(positions), max_total, cfg.bucket_cap)
         codes.append(left * len(hashes) + right)
         if band % 16 == 15:  # close pairs come back from most bands: keep one copy
             codes = [np.unique(np.concatenate(codes))]
     codes = np.unique(np.concatenate(codes))
     return codes // len(hashes), codes % len(hashes)
+
+
+def _is_long(hashes: np.ndarray, bands: np.ndarray) -> bool:
+    """Whether the search takes long enough (~20 s on one core) to show its progress."""
+    return len(hashes) * len(bands) >= LONG_SEARCH_CLIP_BANDS
 
 
 def _band_keys(columns: list[np.ndarray], positions: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -282,7 +290,8 @@ def _ray_lsh_pairs(hashes: np.ndarray, bands: np.ndarray, max_total: int, cfg: D
     shards = [(start, ray.put(hashes[start : start + shard])) for start in range(0, len(hashes), shard)]
     find = ray.remote(_partition_pairs)
     codes = [np.zeros(0, np.int64)]
-    for first in range(0, len(bands), RAY_BANDS_AT_ONCE):
+    waves = range(0, len(bands), RAY_BANDS_AT_ONCE)
+    for first in track(waves, desc="dedup on Ray", unit=f"{RAY_BANDS_AT_ONCE} bands", enabled=_is_long(hashes, bands)):
         wave = bands[first : first + RAY_BANDS_AT_ONCE]
         parts = len(wave) * cfg.partitions
         route = ray.remote(num_returns=parts)(_route_shard)
