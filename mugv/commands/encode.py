@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encode every kept clip of a curation manifest with the VAE and a text encoder into "
         "safetensors shards with a Parquet index (see docs/data.md). Resumable: rerun to continue.",
     )
-    parser.add_argument("manifest", help="manifest.parquet written by `mugv curate` (path or fsspec URL)")
+    parser.add_argument("manifest", help="manifest.parquet written by `mugv curate`, or a preference manifest "
+                        "(dpo.jsonl / kto.jsonl of `mugv annotate export`, docs/preference.md); path or fsspec URL")
     parser.add_argument("--out", required=True, help="shard folder or fsspec URL")
     parser.add_argument("--buckets", default="",
                         help="FRAMESxHEIGHTxWIDTH list, e.g. 1x256x256,17x256x448 "

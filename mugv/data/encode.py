@@ -1,4 +1,5 @@
 """`mugv encode`: kept manifest clips -> VAE latents + text embeddings in shards, with an index.
+(Preference manifests, pairs or labelled clips, go through mugv.data.encode_preferences.)
 
 For each kept row of a curation manifest (`mugv/curate/manifest.py`: clip_id, path, start_frame,
 end_frame, fps, width, height, status, caption), or each image file listed in it:
@@ -208,39 +209,72 @@ def _next_seq(out: str, prefix: str) -> int:
     return max(seqs) + 1 if seqs else 0
 
 
-def encode_worker(opts: EncodeOptions, worker: int, workers: int, progress_queue: Any = None) -> EncodeSummary:
-    from mugv.models.text import build_text_encoder, with_aesthetic
-
-    summary = EncodeSummary()
-    rows, _ = read_manifest(opts.manifest)
+def worker_share(opts: EncodeOptions, rows: list[dict[str, Any]], key: str, worker: int, workers: int,
+                 summary: EncodeSummary, progress_queue: Any = None) -> list[dict[str, Any]]:
+    """The rows worker `worker` of `workers` still has to encode (rows w, w + W, ...; those whose
+    `key` is in a complete shard are counted as done)."""
     if opts.limit:
         rows = rows[: opts.limit]
-    done = {r["clip_id"] for sidecar in list_sidecars(opts.out) for r in sidecar["samples"]}
+    done = {r[key] for sidecar in list_sidecars(opts.out) for r in sidecar["samples"]}
     mine = [r for i, r in enumerate(rows) if i % workers == worker]
-    todo = [r for r in mine if r["clip_id"] not in done]
+    todo = [r for r in mine if r[key] not in done]
     summary.already_done = len(mine) - len(todo)
     if progress_queue is not None and summary.already_done:
         progress_queue.put(summary.already_done)
-    if not todo:
-        return summary
-    vae = VAELatentEncoder(opts)
+    return todo
+
+
+def worker_tools(opts: EncodeOptions, prefix: str) -> tuple[VAELatentEncoder, Any, ShardWriter]:
+    """The VAE, the text encoder and a shard writer for the worker's shards `{prefix}-SEQ`."""
+    from mugv.models.text import build_text_encoder
+
     text_encoder = build_text_encoder(opts.text_encoder, opts.text_encoder_path, opts.text_max_tokens,
                                       opts.text_dtype, opts.device)
-    prefix = f"w{worker:02d}"
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[opts.latent_dtype]
     writer = ShardWriter(opts.out, prefix=prefix, shard_size=opts.shard_size, start_seq=_next_seq(opts.out, prefix),
                          dtype=dtype)
-    fs, out = split_url(opts.out)
-    report_lines: list[str] = []
+    return VAELatentEncoder(opts), text_encoder, writer
+
+
+class SkipLog:
+    """Rows that are not encoded: a warning each (or an error with `strict`), counted in the summary
+    and written to the worker's part of the report."""
+
+    def __init__(self, opts: EncodeOptions, summary: EncodeSummary, prefix: str):
+        self.strict, self.summary, self.prefix, self.out = opts.strict, summary, prefix, opts.out
+        self.lines: list[str] = []
+
+    def skip(self, what: str, ids: dict[str, str], path: str, reason: str, detail: str) -> None:
+        message = f"skipping {what} {next(iter(ids.values()))} ({path}): {reason}: {detail}"
+        if self.strict:
+            raise EncodeError(message + " (--strict)")
+        warnings.warn(message, stacklevel=3)
+        self.summary.skipped[reason] += 1
+        self.lines.append(json.dumps({**ids, "path": path, "reason": reason, "detail": detail}))
+
+    def write(self) -> None:
+        if self.lines:
+            fs, out = split_url(self.out)
+            with fs.open(f"{out}/{REPORT_NAME[:-6]}-{self.prefix}-{os.getpid()}.jsonl", "w") as f:
+                f.write("\n".join(self.lines) + "\n")
+
+
+def encode_worker(opts: EncodeOptions, worker: int, workers: int, progress_queue: Any = None) -> EncodeSummary:
+    from mugv.data.encode_preferences import encode_preference_worker, is_preference_manifest
+    from mugv.models.text import with_aesthetic
+
+    if is_preference_manifest(opts.manifest):
+        return encode_preference_worker(opts, worker, workers, progress_queue)
+    summary = EncodeSummary()
+    todo = worker_share(opts, read_manifest(opts.manifest)[0], "clip_id", worker, workers, summary, progress_queue)
+    if not todo:
+        return summary
+    prefix = f"w{worker:02d}"
+    vae, text_encoder, writer = worker_tools(opts, prefix)
+    log = SkipLog(opts, summary, prefix)
 
     def skip(row: dict[str, Any], reason: str, detail: str) -> None:
-        message = f"skipping clip {row['clip_id']} ({row['path']}): {reason}: {detail}"
-        if opts.strict:
-            raise EncodeError(message + " (--strict)")
-        warnings.warn(message, stacklevel=2)
-        summary.skipped[reason] += 1
-        report_lines.append(json.dumps({"clip_id": row["clip_id"], "path": row["path"], "reason": reason,
-                                        "detail": detail}))
+        log.skip("clip", {"clip_id": row["clip_id"]}, row["path"], reason, detail)
 
     try:
         for row in todo:
@@ -301,9 +335,7 @@ def encode_worker(opts: EncodeOptions, worker: int, workers: int, progress_queue
         writer.close()
     finally:
         summary.shards = list(writer.written)
-        if report_lines:
-            with fs.open(f"{out}/{REPORT_NAME[:-6]}-{prefix}-{os.getpid()}.jsonl", "w") as f:
-                f.write("\n".join(report_lines) + "\n")
+        log.write()
     return summary
 
 
@@ -330,10 +362,14 @@ def check_options(opts: EncodeOptions) -> None:
 
 def run_encode(opts: EncodeOptions) -> EncodeSummary:
     """Encode every kept row of `opts.manifest` into shards under `opts.out`; returns a summary."""
+    from mugv.data.encode_preferences import is_preference_manifest, read_preference_manifest
     from mugv.utils.progress import progress_bar
 
     check_options(opts)
-    rows, others = read_manifest(opts.manifest)
+    if is_preference_manifest(opts.manifest):  # docs/preference.md: pairs or labelled samples
+        rows, others = read_preference_manifest(opts.manifest)[1], 0
+    else:
+        rows, others = read_manifest(opts.manifest)
     if not rows:
         raise EncodeError(f"{opts.manifest} has no kept clips: none of its {others} rows has status 'kept' "
                           "(its `reason` column says why each was rejected); nothing to encode")

@@ -71,7 +71,7 @@ def sample_costs(records: list[dict[str, Any]], model: DiTConfig) -> np.ndarray:
         key = (r["latent_frames"], r["latent_height"], r["latent_width"], min(r["text_tokens"], model.max_text_tokens))
         if key not in cache:
             cache[key] = float(model.train_flops(*key))
-        out[i] = cache[key]
+        out[i] = cache[key] * (2 if r.get("preference") == "pair" else 1)  # a pair trains on both its clips
     return out
 
 
@@ -164,6 +164,10 @@ class ShardSource:
             self._warned_truncation = True
             warnings.warn(f"captions longer than model.max_text_tokens = {self.model.max_text_tokens} are truncated",
                           stacklevel=2)
+        if records[0].get("preference"):
+            from mugv.data.preference import collate_preferences
+
+            return collate_preferences(records, tensors, self.model.max_text_tokens, pin=self.pin)
         return collate(records, tensors, self.model.max_text_tokens, pin=self.pin)
 
     def _start(self) -> None:

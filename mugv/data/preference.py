@@ -8,6 +8,7 @@ splitting and resume never separate its two halves.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -62,7 +63,7 @@ class PreferenceBatch(LatentBatch):
             pixel_width=self.pixel_width,
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PreferenceBatch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PreferenceBatch:
         moved = super().to(device, non_blocking=non_blocking)
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -70,6 +71,28 @@ class PreferenceBatch(LatentBatch):
 
         return replace(moved, rejected=move(self.rejected), label=move(self.label),
                        reference_error=move(self.reference_error))  # seeds stay on the CPU generators' side
+
+
+def collate_preferences(records: list[dict[str, Any]], tensors: list[tuple[torch.Tensor, ...]], max_text_tokens: int,
+                        pin: bool = False) -> PreferenceBatch:
+    """One bucket's preference samples read from shards (mugv.data.loader.collate, plus the
+    rejected latents of pairs or the labels of unpaired samples, and the noise seeds)."""
+    from mugv.data.loader import collate
+
+    kinds = {r.get("preference") for r in records}
+    if len(kinds) != 1 or kinds - {"pair", "unpaired"}:
+        raise ValueError(f"a preference batch holds pairs or unpaired samples, not {sorted(map(str, kinds))}")
+    base = collate(records, [(t[0], t[1]) for t in tensors], max_text_tokens, pin=pin)
+    paired = kinds == {"pair"}
+    rejected = torch.stack([t[2].float() for t in tensors]) if paired else None
+    label = None if paired else torch.tensor([bool(r["label"]) for r in records])
+    if pin:
+        rejected = rejected.pin_memory() if rejected is not None else None
+    return PreferenceBatch(
+        latents=base.latents, text=base.text, text_mask=base.text_mask, fps=base.fps,
+        pixel_height=base.pixel_height, pixel_width=base.pixel_width, rejected=rejected, label=label,
+        noise_seed=torch.tensor([int(r["noise_seed"]) for r in records], dtype=torch.int64),
+    )
 
 
 class SyntheticPreferences:

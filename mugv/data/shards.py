@@ -65,6 +65,12 @@ INDEX_COLUMNS: dict[str, type] = {
     "caption": str,
     "crc32": int,
 }
+# Columns of preference sets (mugv.data.preference), in the index only when its samples have them.
+PREFERENCE_COLUMNS: dict[str, type] = {
+    "preference": str,  # "pair": the chosen latents + `{slot}.rejected`; "unpaired": latents with a label
+    "label": bool,  # unpaired: True = desirable
+    "noise_seed": int,  # the seed of the sample's sigma, noise and conditioning draw in training
+}
 
 
 class ShardError(MugvError, RuntimeError):
@@ -134,15 +140,21 @@ class ShardWriter:
         self._records: list[dict[str, Any]] = []
         self._tensors: dict[str, torch.Tensor] = {}
 
-    def add(self, record: dict[str, Any], latents: torch.Tensor, text: torch.Tensor) -> None:
+    def add(self, record: dict[str, Any], latents: torch.Tensor, text: torch.Tensor,
+            rejected: torch.Tensor | None = None) -> None:
         """`record` holds the sample's metadata (see INDEX_COLUMNS; shape fields are filled in);
-        `latents` (C, T, H, W) and `text` (tokens, D) with only the real tokens."""
+        `latents` (C, T, H, W) and `text` (tokens, D) with only the real tokens; `rejected`: a
+        preference pair's other clip, shaped like `latents`, stored in the same slot."""
         if latents.ndim != 4 or text.ndim != 2 or text.shape[0] < 1:
             raise ValueError(f"expected latents (C, T, H, W) and text (tokens >= 1, D), "
                              f"got {tuple(latents.shape)}, {tuple(text.shape)}")
+        if rejected is not None and rejected.shape != latents.shape:
+            raise ValueError(f"the rejected clip's latents {tuple(rejected.shape)} differ from the chosen "
+                             f"{tuple(latents.shape)}: a pair shares one bucket")
         slot = len(self._records)
         latents = latents.detach().to("cpu", self.dtype).contiguous()
         text = text.detach().to("cpu", self.dtype).contiguous()
+        extra = () if rejected is None else (rejected.detach().to("cpu", self.dtype).contiguous(),)
         c, t, h, w = latents.shape
         record = {
             **record,
@@ -153,7 +165,7 @@ class ShardWriter:
             "latent_width": w,
             "text_tokens": text.shape[0],
             "text_dim": text.shape[1],
-            "crc32": tensor_crc32(latents, text),
+            "crc32": tensor_crc32(latents, text, *extra),
         }
         missing = [k for k in INDEX_COLUMNS if k not in record and k != "shard"]
         if missing:
@@ -161,6 +173,8 @@ class ShardWriter:
         self._records.append(record)
         self._tensors[f"{slot:06d}.latents"] = latents
         self._tensors[f"{slot:06d}.text"] = text
+        if extra:
+            self._tensors[f"{slot:06d}.rejected"] = extra[0]
         if len(self._records) >= self.shard_size:
             self.flush()
 
@@ -218,6 +232,9 @@ def write_index(root: str) -> int:
 
     records = [r for sidecar in list_sidecars(root) for r in sidecar["samples"]]
     columns = {name: [kind(r[name]) for r in records] for name, kind in INDEX_COLUMNS.items()}
+    for name, kind in PREFERENCE_COLUMNS.items():
+        if any(name in r for r in records):
+            columns[name] = [None if r.get(name) is None else kind(r[name]) for r in records]
     fs, path = split_url(root)
     with fs.open(f"{path}/{INDEX_NAME}", "wb") as f:
         pq.write_table(pa.table(columns), f)
@@ -308,10 +325,11 @@ class ShardStore:
                 cached = self._headers[path] = (header, f.tell())
         return cached
 
-    def read(self, records: Iterable[dict[str, Any]], verify: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(latents, text) of each record, in order. A sample whose bytes fail their CRC32 raises
-        ShardError naming the shard and slot. Bytes are read with `readinto` and checked with
-        zlib, both outside the GIL, so loader threads do not stall the training thread."""
+    def read(self, records: Iterable[dict[str, Any]], verify: bool = True) -> list[tuple[torch.Tensor, ...]]:
+        """(latents, text) of each record, in order, and a preference pair's rejected latents third.
+        A sample whose bytes fail their CRC32 raises ShardError naming the shard and slot. Bytes are
+        read with `readinto` and checked with zlib, both outside the GIL, so loader threads do not
+        stall the training thread."""
         records = list(records)
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(records)
         by_shard: dict[str, list[int]] = {}
@@ -325,7 +343,9 @@ class ShardStore:
                     for i in positions:
                         slot = int(records[i]["slot"])
                         pair, crc = [], 0
-                        for part in ("latents", "text"):
+                        parts = ("latents", "text", "rejected") if f"{slot:06d}.rejected" in header else (
+                            "latents", "text")
+                        for part in parts:
                             entry = header[f"{slot:06d}.{part}"]
                             begin, end = entry["data_offsets"]
                             buf = bytearray(end - begin)
@@ -337,7 +357,7 @@ class ShardStore:
                             pair.append(_tensor(buf, entry))
                         if verify and crc != int(records[i]["crc32"]):
                             raise ShardError(f"shard {shard}: sample {slot} fails its CRC32 check (corrupt data)")
-                        out[i] = (pair[0], pair[1])
+                        out[i] = tuple(pair)
             except ShardError:
                 raise
             except (OSError, KeyError, ValueError) as exc:
