@@ -130,6 +130,31 @@ def test_lsh_and_exact_give_the_same_clusters_on_real_frame_hashes(shots):
     assert len(set(exact)) == len(shots)  # each shot and its variants: one cluster
 
 
+def test_the_runner_rejects_the_same_duplicates_with_lsh_and_exact(shots):
+    from mugv.curate.config import CurateConfig
+    from mugv.curate.runner import apply_dedup
+
+    def rows():
+        out = []
+        for name, frames in shots.items():
+            for variant, copy in enumerate((frames, np.clip(frames.astype(int) + 12, 0, 255).astype(np.uint8), frames[::-1])):
+                out.append(
+                    {"clip_id": f"{name}{variant}", "status": "kept", "reason": None, "dup_cluster": None, "quality": float(variant % 2),
+                     "caption_source": "template", "caption": "", "phash": dedup.frame_hashes(copy)}
+                )
+        return out
+
+    outcomes = []
+    for method in ("lsh", "exact"):
+        cfg = CurateConfig()
+        cfg.dedup = replace(cfg.dedup, method=method)
+        curated = rows()
+        apply_dedup(curated, cfg)
+        outcomes.append([(r["clip_id"], r["status"], r["reason"], r["dup_cluster"]) for r in curated])
+    assert outcomes[0] == outcomes[1]
+    assert sum(status == "rejected" for _, status, _, _ in outcomes[0]) == len(shots)  # one of each shot and its brighter copy
+
+
 @pytest.mark.parametrize("setting", [{"method": "minhash"}, {"backend": "spark"}, {"recall": 1.0}, {"bucket_cap": 0}])
 def test_bad_dedup_settings_name_the_key(setting):
     with pytest.raises(ConfigError, match=f"dedup.{next(iter(setting))}"):
