@@ -198,6 +198,22 @@ def load_enhancer(args: argparse.Namespace, paths: dict[str, Path]):
                          tiled_decode=args.tiled_decode)
 
 
+def chained_args(enhancer_dir: Path, wan_dir: Path | None, *, height: int, width: int, frames: int, device: str,
+                 offload: bool, dit_preset: str = "enhancer", vae_preset: str = "wan2.1") -> argparse.Namespace:
+    """`mugv enhance`'s settings (its defaults otherwise) for enhancing generated videos
+    (`mugv generate --enhance`), checked, with the weights located: call before anything loads."""
+    parser = argparse.ArgumentParser(prog="mugv generate --enhance")
+    register(parser.add_subparsers())
+    argv = ["enhance", "-", "--out", "-", "--enhancer-dir", str(enhancer_dir), "--height", str(height),
+            "--width", str(width), "--frames", str(frames), "--device", device, "--dit-preset", dit_preset,
+            "--vae-preset", vae_preset, *(["--wan-dir", str(wan_dir)] if wan_dir else []),
+            *(["--offload"] if offload else [])]
+    args = parser.parse_args(argv)
+    check_settings(args)
+    args.weight_paths = weight_paths(args)
+    return args
+
+
 def run_enhance(args: argparse.Namespace, _: list[str]) -> int:
     from mugv.enhance.config import WanDiTConfig, WanVAEConfig
     from mugv.enhance.pipeline import EnhanceSettings, enhancer_stages, fit_frames

@@ -61,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", type=Path, required=True, help="output .mp4 (one prompt) or folder (--prompts)")
     run.add_argument("--device", default="auto", help="cuda, cpu or auto")
     run.add_argument("--offload", action="store_true", help="keep the text encoder and VAE off the GPU while the DiT runs")
+    enhance = parser.add_argument_group("enhancement (docs/enhance.md)")
+    enhance.add_argument("--enhance", type=Path, metavar="ENHANCER_DIR", help="refine each video with the MUG-V "
+                         "enhancer from this folder (dit_i2v.safetensors, pytorch_model.bin); the unenhanced video "
+                         "is kept beside it as NAME_raw.mp4")
+    enhance.add_argument("--wan-dir", type=Path, help="Wan2.1-T2V-1.3B folder (umT5, its tokenizer, the Wan VAE) "
+                         "for --enhance")
+    enhance.add_argument("--enhance-presets", default="enhancer,wan2.1", metavar="DIT,VAE",
+                         help="enhancer model sizes (default: enhancer,wan2.1; debug,debug for tests)")
     parser.set_defaults(func=run_generate)
 
 
@@ -239,13 +247,38 @@ def attach_lora(dit, path: Path) -> None:
     merge_lora(dit)
 
 
+def chained_enhance_args(args: argparse.Namespace, requests: list[GenerationRequest]) -> argparse.Namespace | None:
+    """`mugv enhance`'s checked settings for --enhance (None without it); every request must
+    share one size and length, which the release's enhancer needs (frames 4k+1, sides / 16)."""
+    if args.enhance is None:
+        return None
+    from mugv.commands.enhance import chained_args
+
+    sizes = {(r.height, r.width, r.num_frames) for r in requests}
+    if len(sizes) > 1:
+        raise GenerationError(f"--enhance needs one size and length for every video; the requests have {sorted(sizes)}")
+    presets = args.enhance_presets.split(",")
+    if len(presets) != 2:
+        raise GenerationError(f"--enhance-presets {args.enhance_presets!r}: give DIT,VAE, e.g. enhancer,wan2.1")
+    (height, width, frames), = sizes
+    return chained_args(args.enhance, args.wan_dir, height=height, width=width, frames=frames, device=args.device,
+                        offload=args.offload, dit_preset=presets[0], vae_preset=presets[1])
+
+
 def run_generate(args: argparse.Namespace, _: list[str]) -> int:
     from mugv.utils.progress import progress_bar
     from mugv.video.writer import write_mp4
 
     check_model_options(args)
     requests = build_requests(args)  # every input checked before any model is loaded
+    enhance_args = chained_enhance_args(args, requests)
     generator = load_generator(args)
+    enhancer = None
+    if enhance_args is not None:
+        from mugv.commands.enhance import load_enhancer
+        from mugv.enhance.pipeline import EnhanceSettings, enhancer_stages
+
+        enhancer = load_enhancer(enhance_args, enhance_args.weight_paths)
     single = args.prompts is None
     if not single:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +287,14 @@ def run_generate(args: argparse.Namespace, _: list[str]) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         with progress_bar(req.steps, desc=req.name or "sampling", unit="step") as bar:
             video = generator.generate(req, progress=lambda _: bar.update(1))
-        write_mp4(out, video.frames, fps=req.fps)
+        frames = video.frames
+        if enhancer is not None:
+            write_mp4(out.with_name(f"{out.stem}_raw.mp4"), frames, fps=req.fps)
+            with progress_bar(enhancer_stages(1), desc=f"enhance {req.name or ''}".strip(), unit="stage") as bar:
+                frames = enhancer.enhance(frames, enhance_args.prompt, enhance_args.negative_prompt,
+                                          EnhanceSettings(seed=req.seed), progress=bar.update)
+        write_mp4(out, frames, fps=req.fps)
         kind = "I2V" if req.image is not None else ("continuation" if req.video is not None else "T2V")
+        kind += ", enhanced" if enhancer is not None else ""
         print(f"wrote {out} ({kind}, {len(video.frames)} frames {req.width}x{req.height} at {req.fps:g} fps)")
     return 0

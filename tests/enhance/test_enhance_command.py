@@ -102,3 +102,34 @@ def test_missing_inputs_and_weights_are_named(release, tmp_path, capsys):
                  "--wan-dir", weights[3], *TINY]) == 2
     assert "dit_i2v.safetensors not found" in capsys.readouterr().err
 
+
+
+def test_generate_enhance_chains_the_two_pipelines(release, tmp_path, capsys):
+    import dataclasses
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mugv.models.dit.config import DiTConfig
+    from mugv.models.dit.model import MUGDiT
+    from mugv.models.vae.config import VAEConfig
+    from mugv.models.vae.model import MUGVideoVAE
+
+    _, weights = release
+    torch.manual_seed(0)
+    save_file(MUGDiT(dataclasses.replace(DiTConfig.from_preset("debug"), text_dim=32)).state_dict(), tmp_path / "dit.safetensors")
+    save_file(MUGVideoVAE(VAEConfig.from_preset("tiny")).state_dict(), tmp_path / "vae.safetensors")
+    t5 = make_tiny_t5(tmp_path / "t5")
+    out = tmp_path / "clip.mp4"
+    generate = ["generate", "--dit", str(tmp_path / "dit.safetensors"), "--vae", str(tmp_path / "vae.safetensors"), "--vae-preset", "tiny",
+                "--text-encoder-path", str(t5), "--height", "32", "--width", "48", "--frames", "9", "--steps", "1",
+                "--fps", "12", "--prompt", "a red car", "--out", str(out)]
+    enhance = ["--enhance", weights[1], "--wan-dir", weights[3], "--enhance-presets", "debug,debug"]
+    assert main([*generate, *enhance]) == 0
+    assert "enhanced" in capsys.readouterr().out
+    raw, enhanced = frames_of(tmp_path / "clip_raw.mp4"), frames_of(out)
+    assert raw.shape == enhanced.shape == (9, 32, 48, 3)
+    assert np.abs(raw.astype(int) - enhanced.astype(int)).mean() > 1  # the random enhancer changed it
+    # the enhancer's weights are located before any model loads
+    assert main([*generate, "--enhance", weights[1]]) == 2
+    assert "give --wan-dir" in capsys.readouterr().err
