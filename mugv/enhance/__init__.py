@@ -7,4 +7,6 @@ transformers' modules and loaded from the release's files (docs/enhance.md).
 * families.py   registers `wan-dit` and `wan-vae` in mugv.models.registry
 * text.py       umT5 prompt encoding as the release does it
 * pipeline.py   one Euler flow step from sigma 0.3 with CFG, the first latent frame kept clean
+* degrade.py    degraded copies of clean clips (the low-quality side of training pairs)
+* objective.py  the training objective: flow matching conditioned on the low-quality latents
 """

@@ -61,6 +61,22 @@ def video_to_frames(video: torch.Tensor) -> np.ndarray:
     return x.cpu().numpy().astype(np.uint8)
 
 
+def dit_velocity(dit: nn.Module, zt: torch.Tensor, condition: torch.Tensor, timesteps: torch.Tensor,
+                 context: torch.Tensor) -> torch.Tensor:
+    """The Wan DiT's velocity (float32, differentiable) for latents `zt` (B, 16, F, h, w) given the
+    low-quality latents `condition` (same shape), per-sample `timesteps` (B,) on the 0-1000 scale
+    and prompt states `context` (B, tokens, D), zero-padded here to 512 rows as the release does.
+    The tokens of latent frame 0 get timestep 0: that frame is clean."""
+    batch, _, frames, height, width = zt.shape
+    p_t, p_h, p_w = dit.config.patch_size
+    frame_tokens = (height // p_h) * (width // p_w)
+    per_token = timesteps.float().view(batch, 1).expand(batch, (frames // p_t) * frame_tokens).clone()
+    per_token[:, :frame_tokens] = 0.0
+    padded = context.new_zeros(batch, TEXT_LEN, context.shape[2])
+    padded[:, : min(context.shape[1], TEXT_LEN)] = context[:, :TEXT_LEN]
+    return dit(torch.cat([zt, condition], dim=1), per_token, padded, return_dict=False)[0].float()
+
+
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """`model` in `dtype`, except the submodules diffusers keeps in float32 (`_keep_in_fp32_modules`:
     the Wan DiT's RoPE, time embedder, norms and modulation tables), as `from_pretrained` does."""
@@ -115,17 +131,12 @@ class VideoEnhancer:
 
     @torch.no_grad()
     def velocity(self, zt: torch.Tensor, condition: torch.Tensor, timestep: float, text: torch.Tensor) -> torch.Tensor:
-        """The DiT's flow velocity for latents `zt` given the clean low-quality latents `condition`:
-        every token at `timestep` except latent frame 0's, which are at 0 (they are clean)."""
-        _, _, frames, height, width = zt.shape
-        p_t, p_h, p_w = self.dit.config.patch_size
-        frame_tokens = (height // p_h) * (width // p_w)
-        timesteps = torch.full((1, (frames // p_t) * frame_tokens), float(timestep), device=self.device)
-        timesteps[:, :frame_tokens] = 0.0
-        context = torch.zeros(1, TEXT_LEN, text.shape[1], device=self.device, dtype=self.dtype)
-        context[0, : len(text)] = text[:TEXT_LEN].to(self.device, self.dtype)
-        hidden = torch.cat([zt, condition], dim=1).to(self.device, self.dtype)
-        return self.dit(hidden, timesteps, context, return_dict=False)[0].float()
+        """The DiT's flow velocity (float32) for latents `zt` (1, 16, F, h, w) given the clean
+        low-quality latents `condition` and one prompt's token states `text` (tokens, D)."""
+        context = text[None].to(self.device, self.dtype)
+        timesteps = torch.full((1,), float(timestep), device=self.device)
+        return dit_velocity(self.dit, zt.to(self.device, self.dtype), condition.to(self.device, self.dtype),
+                            timesteps, context)
 
     @torch.no_grad()
     def denoise(self, z0: torch.Tensor, noise: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
