@@ -223,7 +223,8 @@ def run_enhance(args: argparse.Namespace, _: list[str]) -> int:
     from mugv.video.writer import write_mp4
 
     check_settings(args)
-    WanDiTConfig.from_preset(args.dit_preset), WanVAEConfig.from_preset(args.vae_preset)
+    WanDiTConfig.from_preset(args.dit_preset)
+    WanVAEConfig.from_preset(args.vae_preset)
     resolve_device(args.device)
     paths = weight_paths(args)
     items = collect_items(args)  # every input checked before any weights load

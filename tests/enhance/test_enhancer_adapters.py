@@ -117,3 +117,44 @@ def test_torch_files_never_unpickle_code(tmp_path):
         adapters.read_torch_file(path, "condition checkpoint")
     with pytest.raises(EnhancerWeightsError, match="not found"):
         adapters.read_torch_file(tmp_path / "absent.pth", "VAE weights")
+
+
+def release_dit_shapes(dim=1536, ffn=8960, text=4096, freq=256, layers=30) -> dict[str, tuple[int, ...]]:
+    """The 827 tensors of the release's dit_i2v.safetensors (ENHANCER-SPEC §5.1)."""
+    shapes = {"head.modulation": (1, 2, dim), "head.head.weight": (64, dim), "head.head.bias": (64,)}
+    for name in ("patch_embedding", "patch_embedding2"):
+        shapes |= {f"{name}.weight": (dim, 16, 1, 2, 2), f"{name}.bias": (dim,)}
+    for name, (out, inp) in {"text_embedding.0": (dim, text), "text_embedding.2": (dim, dim),
+                             "time_embedding.0": (dim, freq), "time_embedding.2": (dim, dim),
+                             "time_projection.1": (6 * dim, dim)}.items():
+        shapes |= {f"{name}.weight": (out, inp), f"{name}.bias": (out,)}
+    for i in range(layers):
+        p = f"blocks.{i}."
+        shapes |= {p + "modulation": (1, 6, dim), p + "norm3.weight": (dim,), p + "norm3.bias": (dim,),
+                   p + "ffn.0.weight": (ffn, dim), p + "ffn.0.bias": (ffn,), p + "ffn.2.weight": (dim, ffn),
+                   p + "ffn.2.bias": (dim,)}
+        for attn in ("self_attn", "cross_attn"):
+            shapes |= {p + f"{attn}.norm_q.weight": (dim,), p + f"{attn}.norm_k.weight": (dim,)}
+            for w in "qkvo":
+                shapes |= {p + f"{attn}.{w}.weight": (dim, dim), p + f"{attn}.{w}.bias": (dim,)}
+    return shapes
+
+
+def test_the_full_size_release_layout_loads_into_the_enhancer_preset():
+    """At full size on the meta device (nothing allocated): the release's 827 DiT tensors and a
+    rank-256 LoRA on the 300 adapted layers fit the `enhancer` preset exactly."""
+    shapes = release_dit_shapes()
+    assert len(shapes) == 827
+    with torch.device("meta"):
+        base = {k: torch.empty(s) for k, s in shapes.items()}
+        cond = {}
+        for k, s in shapes.items():
+            if k.endswith(".weight") and any(f".{t}.weight" in k for t in ("q", "k", "v", "o", "ffn.0", "ffn.2")) \
+                    and "norm" not in k:
+                module = k[: -len(".weight")]
+                cond[f"pipe.dit.{module}.lora_A.default.weight"] = torch.empty(256, s[1])
+                cond[f"pipe.dit.{module}.lora_B.default.weight"] = torch.empty(s[0], 256)
+        assert len(cond) == 600
+        merged = adapters.merge_condition_checkpoint(base, cond, lora_alpha=4.0)
+        model = build_model(WanDiTConfig.from_preset("enhancer"))
+    adapters.load_dit(model, merged)
