@@ -12,7 +12,9 @@ def test_info_prints_parameters_and_flops(capsys):
 def test_info_reads_any_registered_family(capsys):
     assert main(["info", "--family", "mugv-vae", "--model", "mugv"]) == 0
     assert "mugv-vae mugv: 411,696,059 parameters" in capsys.readouterr().out
-    assert main(["info", "--family", "wan-dit"]) == 2
-    assert "model family 'wan-dit' is not registered; known: mug-dit, mugv-vae" in capsys.readouterr().err
+    assert main(["info", "--family", "wan-dit"]) == 0
+    assert "wan-dit enhancer: 1,419,095,104 parameters" in capsys.readouterr().out
+    assert main(["info", "--family", "sora"]) == 2
+    assert "model family 'sora' is not registered; known: mug-dit, mugv-vae, wan-dit, wan-vae" in capsys.readouterr().err
     assert main(["info", "--model", "vae-tiny"]) == 2
     assert "not a mug-dit preset" in capsys.readouterr().err

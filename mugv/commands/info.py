@@ -10,7 +10,7 @@ from mugv.models.dit.config import PRESETS, latent_shape_for_pixels
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", description="Parameter count and training FLOPs of a model preset.")
-    parser.add_argument("--family", default="mug-dit", help="model family (default: mug-dit; also mugv-vae)")
+    parser.add_argument("--family", default="mug-dit", help="model family (default: mug-dit; also mugv-vae, wan-dit, wan-vae)")
     parser.add_argument("--model", default=None,
                         help=f"preset of the family (default: 10b for mug-dit; mug-dit presets: {', '.join(PRESETS)})")
     parser.add_argument("--frames", type=int, help="clip length in pixel frames (e.g. 105 for 5 s at ~20 fps)")
