@@ -1,12 +1,14 @@
 """Preference optimisation: the step time and peak memory of each reference mode, as a ratio to a
 plain SFT step measured in the same run.
 
-    python benchmarks/preference.py                     # CPU: a small MUG-DiT, 4 timed steps
+    python benchmarks/preference.py                     # CPU: a small MUG-DiT, 5 timed rounds
     python benchmarks/preference.py --depth 8 --hidden 768 --steps 10 --device cuda
 
-Each mode runs in a fresh process (so that peak memory is its own): a training step (objective,
-backward, AdamW) on the same pairs. DPO trains on B pairs = 2B clips; the SFT baseline trains on
-the same 2B clips as plain samples, so the ratio is the price of the reference alone.
+A step is a training step (objective, backward, AdamW) on the same pairs. Peak memory: each mode
+in a fresh process (so that the peak is its own). Step time: all modes in one process, one step of
+each per round, median over rounds (a busy machine slows all modes alike). DPO trains on B pairs
+= 2B clips; the SFT baseline trains on the same 2B clips as plain samples, so the ratio is the
+price of the reference alone.
   full weights: sft vs dpo / frozen_copy (a second model, no optimizer state) and dpo / precomputed
                 (one model; the recording pass, one reference forward per clip, is timed apart)
   LoRA:         sft + LoRA vs dpo / adapters_off (one model, a second forward with adapters off)
@@ -73,52 +75,64 @@ def peak_memory_mib(device: torch.device, start_kib: int) -> float:
     return (proc_status_kib("VmHWM") - start_kib) / 1024
 
 
-def worker(args) -> dict:
-    objective_name, mode, lora = MODES[args.mode]
+class ModeStep:
+    """One training step (objective, backward, AdamW) of a mode, on its own model from seed 0."""
+
+    def __init__(self, mode_name: str, args, device: torch.device):
+        objective_name, mode, lora = MODES[mode_name]
+        cfg = load_config("debug", [f"--model.depth={args.depth}", f"--model.hidden_size={args.hidden}",
+                                    f"--data.batch_size={args.pairs}", f"--data.latent_frames={args.frames}",
+                                    f"--data.latent_height={args.size}", f"--data.latent_width={args.size}"])
+        source = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=True)
+        self.batches = [source.batch_at(i * args.pairs).to(device) for i in range(args.steps)]
+        self.start_kib = reset_peak_memory(device)
+        self.device = device
+        torch.manual_seed(0)
+        self.model = MUGDiT(cfg.model).to(device)
+        policy = ConditioningPolicy()
+        if objective_name == "flow":
+            self.objective = FlowMatchingObjective(cfg.flow, policy)
+            self.batches = [b.candidates() for b in self.batches]  # the same clips, as plain samples
+        else:
+            self.objective = FlowDPOObjective(cfg.flow, cfg.preference, policy, mode)
+        self.reference = build_reference(mode, self.model) if mode is not ReferenceMode.ADAPTERS_OFF else None
+        if lora:
+            apply_lora(self.model, LoRAConfig(rank=16))
+            if mode is ReferenceMode.ADAPTERS_OFF:
+                self.reference = build_reference(mode, self.model)
+        self.record_s = 0.0
+        if mode is ReferenceMode.PRECOMPUTED:  # the recording pass, with the model as it starts
+            frozen = build_reference(ReferenceMode.FROZEN_COPY, self.model)
+            begin = time.perf_counter()
+            self.batches = [dataclasses.replace(b, reference_error=self.objective.reference_errors(frozen, b))
+                            for b in self.batches]
+            self.record_s = (time.perf_counter() - begin) / len(self.batches)
+            del frozen
+            reset_peak_memory(device)  # the recording pass runs before training: its peak is not the step's
+        self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-5)
+        self.generator = torch.Generator().manual_seed(0)
+        self.taken = 0
+
+    def step(self) -> float:
+        """Seconds of one step on the next batch."""
+        batch = self.batches[self.taken % len(self.batches)]
+        self.taken += 1
+        begin = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.objective.compute(self.model, batch, self.generator, self.reference).loss.backward()
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - begin
+
+
+def memory_worker(args) -> dict:
+    """In a fresh process: the peak memory of two steps of one mode."""
     device = torch.device(args.device)
-    cfg = load_config("debug", [f"--model.depth={args.depth}", f"--model.hidden_size={args.hidden}",
-                                f"--data.batch_size={args.pairs}", f"--data.latent_frames={args.frames}",
-                                f"--data.latent_height={args.size}", f"--data.latent_width={args.size}"])
-    source = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=True)
-    batches = [source.batch_at(i * args.pairs) for i in range(args.steps + 2)]
-    start_kib = reset_peak_memory(device)
-    torch.manual_seed(0)
-    model = MUGDiT(cfg.model).to(device)
-    policy = ConditioningPolicy()
-    if objective_name == "flow":
-        objective = FlowMatchingObjective(cfg.flow, policy)
-        batches = [b.candidates() for b in batches]  # the same clips, as plain samples
-    else:
-        objective = FlowDPOObjective(cfg.flow, cfg.preference, policy, mode)
-    reference = build_reference(mode, model) if mode is not ReferenceMode.ADAPTERS_OFF else None
-    if lora:
-        apply_lora(model, LoRAConfig(rank=16))
-        if mode is ReferenceMode.ADAPTERS_OFF:
-            reference = build_reference(mode, model)
-    record_seconds = 0.0
-    if mode is ReferenceMode.PRECOMPUTED:  # the recording pass, with the model as it starts
-        frozen = build_reference(ReferenceMode.FROZEN_COPY, model)
-        begin = time.perf_counter()
-        batches = [dataclasses.replace(b, reference_error=objective.reference_errors(frozen, b.to(device)))
-                   for b in batches]
-        record_seconds = (time.perf_counter() - begin) / len(batches)
-        del frozen
-        reset_peak_memory(device)  # the recording pass runs before training: its peak is not the step's
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    generator = torch.Generator().manual_seed(0)
-    times = []
-    for i, batch in enumerate(batches):
-        batch = batch.to(device)
-        begin = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        objective.compute(model, batch, generator, reference).loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:  # two warm-up steps
-            times.append(time.perf_counter() - begin)
-    return {"step_s": sorted(times)[len(times) // 2], "memory_mib": peak_memory_mib(device, start_kib),
-            "record_s": record_seconds}
+    run = ModeStep(args.mode, args, device)
+    run.step()
+    run.step()
+    return {"memory_mib": peak_memory_mib(device, run.start_kib)}
 
 
 def main() -> None:
@@ -128,29 +142,41 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--frames", type=int, default=3)
     parser.add_argument("--size", type=int, default=8, help="latent height and width")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds (one step of every mode each)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mode", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(worker(args)))
+        print(json.dumps(memory_worker(args)))
         return
-    results = {}
+    memory = {}
     for mode in MODES:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode], check=True, capture_output=True,
                              text=True)
-        results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    memory = "peak allocated" if args.device.startswith("cuda") else "peak RSS above start"
+        memory[mode] = json.loads(out.stdout.strip().splitlines()[-1])["memory_mib"]
+    # Time: every mode in this process, one step each per round, so that a change in the machine's
+    # load falls on all modes alike; one warm-up round.
+    device = torch.device(args.device)
+    runs = {mode: ModeStep(mode, args, device) for mode in MODES}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for round_index in range(args.steps + 1):
+        for mode, run in runs.items():
+            seconds = run.step()
+            if round_index:
+                times[mode].append(seconds)
+    step = {mode: sorted(t)[len(t) // 2] for mode, t in times.items()}
+    kind = "peak allocated" if device.type == "cuda" else "peak RSS above start"
     print(f"device {args.device}; MUG-DiT depth {args.depth} hidden {args.hidden}; {args.pairs} pairs of "
-          f"{args.frames}x{args.size}x{args.size} latents; median of {args.steps} steps; memory: {memory}")
+          f"{args.frames}x{args.size}x{args.size} latents; median of {args.steps} interleaved rounds; "
+          f"memory: {kind}, 2 steps in a fresh process")
     print(f"{'mode':<18} {'step ms':>9} {'memory MiB':>11} {'time x':>7} {'memory x':>9}  vs")
-    for mode, r in results.items():
-        base = results[BASELINE.get(mode, mode)]
-        print(f"{mode:<18} {1000 * r['step_s']:9.1f} {r['memory_mib']:11.1f} {r['step_s'] / base['step_s']:7.2f} "
-              f"{r['memory_mib'] / base['memory_mib']:9.2f}  {BASELINE.get(mode, '-')}")
-    record = results["dpo/precomputed"]["record_s"]
+    for mode in MODES:
+        base = BASELINE.get(mode, mode)
+        print(f"{mode:<18} {1000 * step[mode]:9.1f} {memory[mode]:11.1f} {step[mode] / step[base]:7.2f} "
+              f"{memory[mode] / memory[base]:9.2f}  {BASELINE.get(mode, '-')}")
+    record = runs["dpo/precomputed"].record_s
     print(f"precomputed: the recording pass costs {1000 * record:.1f} ms per batch, once "
-          f"({record / results['sft']['step_s']:.2f} x an SFT step)")
+          f"({record / step['sft']:.2f} x an SFT step)")
 
 
 if __name__ == "__main__":
