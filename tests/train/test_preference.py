@@ -191,3 +191,26 @@ def test_the_recipes_start_from_an_sft_checkpoint_with_lora(name):
     cfg = load_config(name)
     assert cfg.train.objective == name and cfg.checkpoint.init_weights and cfg.lora.rank > 0
     assert build_objective(cfg, ConditioningPolicy()).reference is ReferenceMode.ADAPTERS_OFF
+
+
+def test_the_trainer_runs_kto_with_a_frozen_copy(tmp_path):
+    cfg = load_config("debug", [f"--run_dir={tmp_path}", "--logging.progress=false", "--logging.tensorboard=false",
+                                "--train.objective=kto", "--train.steps=2", "--checkpoint.every_steps=0",
+                                "--optim.lr=1e-3", "--preference.beta=500", "--data.batch_size=4",
+                                "--data.latent_frames=2", "--data.latent_height=4", "--data.latent_width=4"])
+    data = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=False)
+    _, model, _, _ = setup(lora=False)
+    trainer = Trainer(cfg, model=model, data=data)
+    assert trainer.reference.separate
+    history = trainer.fit()
+    assert history[0]["loss"] == pytest.approx(0.5, rel=1e-5)  # g = z = 0: each sample pays lambda / 2
+    assert history[0]["kto_z"] == 0.0 and history[-1]["kl"] > 0
+    assert {"reward_margin", "e_theta_chosen", "e_ref_rejected"} <= set(history[-1])
+
+
+def test_kto_metrics_leave_out_a_class_the_batch_lacks():
+    cfg, model, source, frozen = setup(paired=False)
+    batch = dataclasses.replace(source.next_batch(), label=torch.tensor([True, True]))
+    out = objective(FlowKTOObjective, cfg, ReferenceMode.FROZEN_COPY).compute(model, batch, torch.Generator(), frozen)
+    assert "e_theta_chosen" in out.metrics and "e_theta_rejected" not in out.metrics
+    assert "reward_margin" not in out.metrics

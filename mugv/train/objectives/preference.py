@@ -186,18 +186,15 @@ class FlowKTOObjective(PreferenceObjective):
         gap = (e.reference - e.policy).detach()
         right = torch.where(desirable, gap > z, gap < z)
 
-        def mean_of(values: torch.Tensor, keep: torch.Tensor) -> float:
-            return values[keep].mean().item() if keep.any() else float("nan")
-
-        metrics = {
-            "kto_loss": per_sample.mean().item(),
-            "kto_z": z.item(),
-            "reward_accuracy": right.float().mean().item(),
-            "reward_margin": p.beta * (mean_of(gap, desirable) - mean_of(gap, ~desirable)),
-            "e_theta_chosen": mean_of(e.policy.detach(), desirable),
-            "e_theta_rejected": mean_of(e.policy.detach(), ~desirable),
-            "e_ref_chosen": mean_of(e.reference, desirable), "e_ref_rejected": mean_of(e.reference, ~desirable),
-        }
+        metrics = {"kto_loss": per_sample.mean().item(), "kto_z": z.item(),
+                   "reward_accuracy": right.float().mean().item()}
+        # per class (desirable as "chosen", undesirable as "rejected"), for the classes this batch holds
+        for suffix, keep in (("chosen", desirable), ("rejected", ~desirable)):
+            if keep.any():
+                metrics[f"e_theta_{suffix}"] = e.policy.detach()[keep].mean().item()
+                metrics[f"e_ref_{suffix}"] = e.reference[keep].mean().item()
+        if desirable.any() and not desirable.all():
+            metrics["reward_margin"] = p.beta * (gap[desirable].mean() - gap[~desirable].mean()).item()
         if e.velocity_gap is not None:
             metrics["kl"] = e.velocity_gap.mean().item()
         return ObjectiveOutput(loss=loss, per_sample=per_sample.detach(), metrics=metrics)
