@@ -168,14 +168,20 @@ def test_the_reference_mode_follows_lora_unless_configured():
         load_config("debug", ["--preference.beta=0"])
 
 
-def test_the_trainer_runs_dpo_with_lora_and_logs_the_preference_metrics(tmp_path):
+def preference_trainer(tmp_path, objective_name, paired, *overrides):
+    """A Trainer for a small model that starts like an SFT checkpoint (weights away from the
+    zero-output initialisation), on an in-memory preference source."""
     cfg = load_config("debug", [f"--run_dir={tmp_path}", "--logging.progress=false", "--logging.tensorboard=false",
-                                "--train.objective=dpo", "--train.steps=3", "--checkpoint.every_steps=0",
-                                "--lora.rank=2", "--optim.lr=1e-2", "--preference.beta=500",
-                                "--data.latent_frames=2", "--data.latent_height=4", "--data.latent_width=4"])
-    data = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=True)
-    _, model, _, _ = setup(lora=False)  # an "SFT checkpoint": weights away from the zero-output initialisation
-    trainer = Trainer(cfg, model=model, data=data)
+                                f"--train.objective={objective_name}", "--checkpoint.every_steps=0",
+                                "--preference.beta=500", "--data.latent_frames=2", "--data.latent_height=4",
+                                "--data.latent_width=4", *overrides])
+    data = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=paired)
+    _, model, _, _ = setup(lora=False)
+    return Trainer(cfg, model=model, data=data)
+
+
+def test_the_trainer_runs_dpo_with_lora_and_logs_the_preference_metrics(tmp_path):
+    trainer = preference_trainer(tmp_path, "dpo", True, "--train.steps=3", "--lora.rank=2", "--optim.lr=1e-2")
     assert trainer.reference is not None and not trainer.reference.separate
     history = trainer.fit()
     # the adapters start at zero: the first step's policy is its reference
@@ -194,13 +200,7 @@ def test_the_recipes_start_from_an_sft_checkpoint_with_lora(name):
 
 
 def test_the_trainer_runs_kto_with_a_frozen_copy(tmp_path):
-    cfg = load_config("debug", [f"--run_dir={tmp_path}", "--logging.progress=false", "--logging.tensorboard=false",
-                                "--train.objective=kto", "--train.steps=2", "--checkpoint.every_steps=0",
-                                "--optim.lr=1e-3", "--preference.beta=500", "--data.batch_size=4",
-                                "--data.latent_frames=2", "--data.latent_height=4", "--data.latent_width=4"])
-    data = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=False)
-    _, model, _, _ = setup(lora=False)
-    trainer = Trainer(cfg, model=model, data=data)
+    trainer = preference_trainer(tmp_path, "kto", False, "--train.steps=2", "--optim.lr=1e-3", "--data.batch_size=4")
     assert trainer.reference.separate
     history = trainer.fit()
     assert history[0]["loss"] == pytest.approx(0.5, rel=1e-5)  # g = z = 0: each sample pays lambda / 2
