@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mugv.commands.demo", "run the whole system end to end on a small corpus and write report.html"),
     "vae": ("mugv.commands.vae", "train and evaluate the video VAE"),
     "encode": ("mugv.commands.encode", "encode curated clips into latent + text shards"),
+    "record-reference": ("mugv.commands.reference", "record a preference run's reference errors (precomputed mode)"),
     "annotate": ("mugv.commands.annotate", "label videos in a local web app: preferences, grades, side-by-side"),
     "eval": ("mugv.commands.eval", "score generated videos offline; every number says official or proxy"),
     "enhance": ("mugv.commands.enhance", "refine videos with the MUG-V enhancer (the release's weights)"),

@@ -97,6 +97,10 @@ class ShardSource:
         self.bad_samples: list[str] = []
         records = self._usable_records(read_index(cfg.shards))
         records.sort(key=lambda r: r["key"])
+        if records[0].get("preference"):  # the errors of a precomputed reference, when recorded
+            from mugv.data.preference import attach_reference_errors
+
+            attach_reference_errors(cfg.shards, records)
         self._check_widths(records)
         self.records = records
         self.costs = sample_costs(records, model)

@@ -15,6 +15,8 @@ import torch
 from mugv.config import DataConfig
 from mugv.data.batch import LatentBatch
 
+REFERENCE_ERRORS_NAME = "reference_errors.parquet"  # beside a shard set: mugv.train.preference_reference
+
 
 @dataclass
 class PreferenceBatch(LatentBatch):
@@ -86,13 +88,42 @@ def collate_preferences(records: list[dict[str, Any]], tensors: list[tuple[torch
     paired = kinds == {"pair"}
     rejected = torch.stack([t[2].float() for t in tensors]) if paired else None
     label = None if paired else torch.tensor([bool(r["label"]) for r in records])
+    recorded = [r.get("reference_error") for r in records]
+    reference_error = None
+    if all(e is not None for e in recorded):
+        reference_error = torch.tensor(recorded, dtype=torch.float32)
+        reference_error = reference_error if paired else reference_error[:, 0]
     if pin:
         rejected = rejected.pin_memory() if rejected is not None else None
     return PreferenceBatch(
         latents=base.latents, text=base.text, text_mask=base.text_mask, fps=base.fps,
         pixel_height=base.pixel_height, pixel_width=base.pixel_width, rejected=rejected, label=label,
         noise_seed=torch.tensor([int(r["noise_seed"]) for r in records], dtype=torch.int64),
+        reference_error=reference_error,
     )
+
+
+def attach_reference_errors(root: str, records: list[dict[str, Any]]) -> bool:
+    """Give each record the reference errors recorded beside the shard set `root`, when there are
+    (`reference_error`: [chosen, rejected], rejected NaN for unpaired samples); False when none."""
+    import pyarrow.parquet as pq
+
+    from mugv.data.shards import ShardError, split_url
+
+    fs, path = split_url(root)
+    target = f"{path}/{REFERENCE_ERRORS_NAME}"
+    if not fs.exists(target):
+        return False
+    with fs.open(target, "rb") as f:
+        table = pq.read_table(f).to_pydict()
+    recorded = dict(zip(table["key"], zip(table["error_chosen"], table["error_rejected"])))
+    missing = [r["key"] for r in records if r["key"] not in recorded]
+    if missing:
+        raise ShardError(f"{target} lacks the reference errors of {len(missing)} sample(s) (e.g. {missing[0]}): "
+                         "record them again after encoding more data")
+    for r in records:
+        r["reference_error"] = list(recorded[r["key"]])
+    return True
 
 
 class SyntheticPreferences:

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from mugv.cli import main
 from mugv.config import load_config
 from mugv.data.buckets import parse_buckets
 from mugv.data.encode import EncodeError, EncodeOptions, run_encode
 from mugv.data.loader import ShardSource
-from mugv.data.preference import PreferenceBatch
+from mugv.data.preference import REFERENCE_ERRORS_NAME, PreferenceBatch
 from mugv.data.shards import ShardStore, read_index
 from mugv.models.text.tiny import make_tiny_t5
 from mugv.train.trainer import Trainer
@@ -118,3 +119,26 @@ def test_unpaired_labels_are_kept_and_a_bad_manifest_is_named(exports, tiny_t5, 
     bad.write_text(json.dumps({"prompt": "x", "video": "a.mp4"}) + "\n")
     with pytest.raises(EncodeError, match="bad.jsonl is not a preference manifest"):
         run_encode(options(bad, tmp_path / "bad", tiny_t5))
+
+
+def test_a_recorded_reference_trains_like_a_frozen_copy(exports, tiny_t5, tmp_path):
+    out = tmp_path / "dpo-shards"
+    with pytest.warns(UserWarning, match="gone.mp4"):
+        run_encode(options(exports / "dpo.jsonl", out, tiny_t5))
+    base = [f"--data.shards={out}", "--data.source=shards", "--data.batch_size=2", "--data.prefetch=0",
+            "--model.text_dim=32", "--train.objective=dpo", "--train.steps=2", "--logging.progress=false",
+            "--logging.tensorboard=false", "--checkpoint.every_steps=0", "--optim.lr=1e-2", "--preference.beta=50",
+            "--data.i2v_prob=0.5"]
+    precomputed = [*base, "--preference.reference=precomputed", f"--run_dir={tmp_path / 'pre'}"]
+    assert main(["record-reference", "--config", "debug", *precomputed]) == 0
+    assert (out / REFERENCE_ERRORS_NAME).is_file()
+    # one model in memory, errors from the data; the same two steps as with a frozen copy
+    trainer = Trainer(load_config("debug", precomputed))
+    assert trainer.reference is None
+    recorded = trainer.fit()
+    copy = Trainer(load_config("debug", [*base, "--preference.reference=frozen_copy", f"--run_dir={tmp_path / 'fc'}"]))
+    frozen = copy.fit()
+    for mine, theirs in zip(recorded, frozen):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert mine["e_ref_rejected"] == pytest.approx(theirs["e_ref_rejected"], rel=1e-5)
+    assert recorded[1]["loss"] != pytest.approx(math.log(2))  # the second step's policy has moved
