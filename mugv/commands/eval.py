@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 
 from mugv.config import ConfigError
 
@@ -123,31 +122,11 @@ def demo_scenes() -> dict:
     return {scene.caption: scene for scene in all_scenes()}
 
 
-# How much of its bounding box each demo shape fills (mugv.demo.world.shape_mask).
-SHAPE_FILL = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
-
-
-def read_shape(frames: np.ndarray) -> str | None:
-    """The demo shape whose fill of its bounding box is nearest the foreground's (median over
-    frames with a foreground); None when no frame shows one."""
-    from mugv.demo.adherence import foreground_mask
-
-    fills = []
-    for mask in foreground_mask(frames):
-        ys, xs = np.nonzero(mask)
-        if len(xs) >= 20:  # a few stray pixels are not a shape
-            fills.append(len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)))
-    if not fills:
-        return None
-    fill = float(np.median(fills))
-    return min(SHAPE_FILL, key=lambda shape: abs(SHAPE_FILL[shape] - fill))
-
-
 def demo_adherence_metrics() -> list:
     """Colour, shape and direction of the demo world's moving shape against its prompt (colour and
-    direction by mugv.demo.adherence, shape by `read_shape`); videos whose prompt is not a
+    direction by mugv.demo.adherence); videos whose prompt is not a
     demo-world caption are skipped."""
-    from mugv.demo.adherence import read_video
+    from mugv.demo.adherence import read_shape, read_video
     from mugv.eval.scores import PROXY, Metric, NotMeasurable
 
     scenes = demo_scenes()

@@ -1,7 +1,8 @@
 """`mugv demo`: the whole system on a laptop CPU, end to end, in minutes.
 
 corpus -> `mugv curate` -> `mugv vae train` + `mugv vae eval` -> `mugv encode` -> `mugv train`
--> `mugv generate` -> prompt-adherence scoring -> report.html.
+-> `mugv generate` -> prompt-adherence scoring, `mugv eval`, a `mugv annotate` grading campaign with
+synthetic judges -> report.html.
 
 Each stage runs the same command a user would, on the files the previous stage wrote, so any of
 them can be rerun alone. A stage whose output exists is skipped: a stopped demo resumes.
@@ -94,8 +95,8 @@ class Demo:
     # ----- stages ----------------------------------------------------------------------------
 
     def corpus(self) -> Path:
-        from mugv.video.samples import bundled_sample_clips
         from mugv.demo.corpus import CorpusSpec, build_corpus
+        from mugv.video.samples import bundled_sample_clips
 
         table = self.out / "corpus" / "corpus.csv"
         if not table.is_file():
@@ -202,6 +203,23 @@ class Demo:
              "--negative-prompt", ""])
         return [(out / f"{name}.mp4", scene) for name, scene in cases]
 
+    def evaluate(self) -> Path:
+        """`mugv eval` on the generated videos (offline metrics, with the demo world's adherence)."""
+        out = self.out / "eval"
+        if not (out / "summary.json").is_file():
+            generated = self.out / "generate"
+            run(["eval", str(generated), "--out", str(out), "--prompts", str(generated / "prompts.csv")])
+        return out
+
+    def annotate(self, videos: list[tuple[Path, Scene]]) -> dict:
+        """A `mugv annotate` grading campaign of the generated videos, synthetic judges answering."""
+        from mugv.demo.assess import grade_campaign
+
+        figures = self.out / "annotate" / "stats.json"
+        if figures.is_file():
+            return json.loads(figures.read_text())
+        return grade_campaign(videos, self.out / "annotate", self.seed)
+
     def all(self) -> Path:
         with self.stage("corpus"):
             table = self.corpus()
@@ -215,10 +233,14 @@ class Demo:
             dit_dir = self.train(shards)
         with self.stage("generate"):
             videos = self.generate(dit_dir, vae_weights)
+        with self.stage("eval"):
+            eval_dir = self.evaluate()
+        with self.stage("annotate"):
+            grades = self.annotate(videos)
         with self.stage("report"):
             from mugv.demo.summary import write_demo_report
 
-            report = write_demo_report(self, manifest, dit_dir, videos)
+            report = write_demo_report(self, manifest, dit_dir, videos, eval_dir, grades)
         print(f"\nmugv demo: report at {report}")
         return report
 

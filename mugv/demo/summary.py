@@ -90,22 +90,29 @@ def generation_section(videos: list[tuple[Path, Scene]]) -> tuple[Section, dict]
     shown = []
     for (path, scene, frames), row in zip(clips, report.rows):
         kind = "I2V" if path.stem.startswith("i2v") else "T2V"
-        note = f"{kind}; seen: {row['seen_color'] or 'no shape'}, {row['seen_direction'] or 'no motion'}"
-        shown.append(Video(path, scene.caption, note=note, ok=bool(row["color_ok"] and row["direction_ok"]),
+        note = (f"{kind}; seen: {row['seen_color'] or 'no shape'}, {row['seen_shape'] or 'no shape'}, "
+                f"{row['seen_direction'] or 'no motion'}")
+        shown.append(Video(path, scene.caption, note=note,
+                           ok=bool(row["color_ok"] and row["direction_ok"] and row["shape_ok"]),
                            strip=filmstrip(frames, path.with_suffix(".frames.png"))))
-    readings = {(row["seen_color"], row["seen_direction"]) for row in report.rows}
-    asked = {(row["color"], row["direction"]) for row in report.rows}
+    readings = {(row["seen_color"], row["seen_shape"], row["seen_direction"]) for row in report.rows}
+    asked = {(row["color"], row["shape"], row["direction"]) for row in report.rows}
     figures = {"color_accuracy": report.color_accuracy, "direction_accuracy": report.direction_accuracy,
-               "videos": len(report.rows), "distinct_readings": len(readings), "distinct_prompts": len(asked)}
+               "shape_accuracy": report.shape_accuracy, "videos": len(report.rows),
+               "distinct_readings": len(readings), "distinct_prompts": len(asked)}
     text = (f"Prompts never seen in training (new colour/shape/direction combinations) and one image-to-video case. "
-            f"Colour accuracy {report.color_accuracy:.0%}, direction accuracy {report.direction_accuracy:.0%} "
-            f"over {len(report.rows)} videos, read off the frames by mugv.demo.adherence. The videos show "
-            f"{len(readings)} distinct colour/direction reading(s) for {len(asked)} distinct prompts: a model that "
-            "ignores its text shows one, and then its accuracy is only the share of prompts that match it.")
+            f"Colour accuracy {report.color_accuracy:.0%}, shape accuracy {report.shape_accuracy:.0%}, direction "
+            f"accuracy {report.direction_accuracy:.0%} over {len(report.rows)} videos, read off the frames by "
+            f"mugv.demo.adherence. The videos show {len(readings)} distinct colour/shape/direction reading(s) for "
+            f"{len(asked)} distinct prompts: a model that ignores its text shows one, and then its accuracy is only "
+            "the share of prompts that match it.")
     return Section("Generated videos", text, videos=shown), figures
 
 
-def write_demo_report(demo, manifest: Path, dit_dir: Path, videos: list[tuple[Path, Scene]]) -> Path:
+def write_demo_report(demo, manifest: Path, dit_dir: Path, videos: list[tuple[Path, Scene]], eval_dir: Path,
+                      grades: dict) -> Path:
+    from mugv.demo.assess import annotation_section, eval_section
+
     generation, figures = generation_section(videos)
     (demo.out / "adherence.json").write_text(json.dumps(figures, indent=2))
     timings = [[name, round(seconds, 1)] for name, seconds in demo.timings.items()]
@@ -115,6 +122,8 @@ def write_demo_report(demo, manifest: Path, dit_dir: Path, videos: list[tuple[Pa
         vae_section(demo.out / "vae"),
         training_section(dit_dir),
         generation,
+        eval_section(eval_dir),
+        annotation_section(grades),
         Section("Time per stage", f"{total / 60:.1f} minutes in all (the report itself not counted).",
                 tables=[(["stage", "seconds"], timings)]),
     ]

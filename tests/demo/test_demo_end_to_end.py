@@ -9,12 +9,18 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick"]) == 0
     report = (out / "report.html").read_text()
-    for heading in ("Curation", "Video VAE", "DiT training", "Generated videos", "Time per stage"):
+    for heading in ("Curation", "Video VAE", "DiT training", "Generated videos", "Offline metrics (mugv eval)",
+                    "Human-evaluation stand-in (mugv annotate)", "Time per stage"):
         assert heading in report
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) == {"corpus", "curate", "vae", "encode", "train", "generate", "report"}
+    assert set(timings) == {"corpus", "curate", "vae", "encode", "train", "generate", "eval", "annotate", "report"}
     adherence = json.loads((out / "adherence.json").read_text())
     assert adherence["videos"] == 7 and 0.0 <= adherence["color_accuracy"] <= 1.0
+    assert 0.0 <= adherence["shape_accuracy"] <= 1.0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["scored"] == 7 and abs(summary["metrics"]["demo_color"]["mean"] - adherence["color_accuracy"]) < 1e-5
+    grades = json.loads((out / "annotate" / "stats.json").read_text())
+    assert grades["answers"] == 3 * 7 and (out / "annotate" / "export" / "kto.jsonl").is_file()
     assert len(list((out / "generate").glob("*.mp4"))) == 7
     strips = sorted((out / "generate").glob("*.frames.png"))
     assert len(strips) == 7 and all(f"src='generate/{s.name}'" in report for s in strips)

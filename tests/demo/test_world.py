@@ -8,7 +8,7 @@ from mugv.demo.world import COLORS, DIRECTIONS, SHAPES, Scene, all_scenes, backg
 def test_every_rendered_scene_is_read_back_correctly():
     report = score([(scene, render(scene, seed=i)) for i, scene in enumerate(all_scenes())])
     assert len(report.rows) == len(COLORS) * len(SHAPES) * len(DIRECTIONS)
-    assert report.color_accuracy == 1.0 and report.direction_accuracy == 1.0
+    assert report.color_accuracy == 1.0 and report.direction_accuracy == 1.0 and report.shape_accuracy == 1.0
 
 
 def test_wrong_colour_and_direction_are_caught():

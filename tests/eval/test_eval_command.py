@@ -100,7 +100,7 @@ def test_an_empty_folder_is_named(tmp_path, capsys):
 
 
 def test_demo_shapes_are_read_from_how_much_of_their_box_they_fill():
-    from mugv.commands.eval import read_shape
+    from mugv.demo.adherence import read_shape
     from mugv.demo.world import COLORS, DIRECTIONS, SHAPES
 
     for shape in SHAPES:
