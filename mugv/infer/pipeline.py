@@ -24,6 +24,7 @@ from mugv.models.dit.model import MUGDiT
 from mugv.models.text.encoders import TextEmbeddings, with_aesthetic
 from mugv.models.vae.model import MUGVideoVAE
 from mugv.utils.device import visiting
+from mugv.video.tensors import to_model_pixels, to_uint8
 
 ASPECT_RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16")
 # (height, width) per resolution, in the order of ASPECT_RATIOS; every size divisible by 16.
@@ -101,16 +102,6 @@ class GeneratedVideo:
     fps: float
     latents: torch.Tensor = field(repr=False)
     request: GenerationRequest = field(repr=False)
-
-
-def to_model_pixels(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
-
-
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """(3, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8."""
-    return ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
 
 
 def fill_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -109,11 +109,6 @@ def to_model_range(frames: np.ndarray) -> torch.Tensor:
     return tensor.movedim(-1, -4)
 
 
-def to_uint8(video: torch.Tensor) -> np.ndarray:
-    """float (3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-    return video.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 3, 0).cpu().numpy()
-
-
 class MediaPool:
     """Decoded media and deterministic video / image batches drawn from it.
 

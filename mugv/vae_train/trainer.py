@@ -26,11 +26,11 @@ from torch import Tensor
 from mugv.config import ConfigError, to_toml
 from mugv.models.vae.adapters import load_into, read_state_dict
 from mugv.models.vae.model import DiagonalGaussian, MUGVideoVAE
-from mugv.train.checkpoint import keep_last_checkpoints, load_tensor_file, publish
-from mugv.utils.device import resolve_device
+from mugv.train.checkpoint import keep_last_checkpoints, list_checkpoints, load_tensor_file, publish, step_dir
 from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
+from mugv.utils.device import resolve_device
 from mugv.vae_train.config import VAERunConfig
-from mugv.vae_train.data import MediaPool, to_uint8
+from mugv.vae_train.data import MediaPool
 from mugv.vae_train.losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -40,10 +40,10 @@ from mugv.vae_train.losses import (
     reconstruction_losses,
 )
 from mugv.video import write_mp4
+from mugv.video.tensors import to_uint8
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step_"
 
 
 def training_stage(step: int, cfg: VAERunConfig) -> tuple[str, int, int]:
@@ -211,7 +211,7 @@ class VAETrainer:
 
     def save_checkpoint(self) -> Path:
         root = self.cfg.checkpoint_dir
-        final = root / f"{CHECKPOINT_PREFIX}{self.step:08d}"
+        final = step_dir(root, self.step)
         partial = root / f".{final.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -311,7 +311,7 @@ class VAETrainer:
                 if cfg.samples.every_steps and result.step % cfg.samples.every_steps == 0:
                     self.write_samples()
             saved = list_checkpoints(cfg.checkpoint_dir)
-            if not saved or saved[-1].name != f"{CHECKPOINT_PREFIX}{self.step:08d}":
+            if not saved or saved[-1] != step_dir(cfg.checkpoint_dir, self.step):
                 self.save_checkpoint()
             if cfg.samples.count:
                 self.write_samples()
@@ -321,11 +321,6 @@ class VAETrainer:
                 writer.close()
         return history
 
-
-def list_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
 
 
 def _tensorboard(run_dir: Path):

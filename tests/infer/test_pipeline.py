@@ -11,7 +11,6 @@ from mugv.infer.pipeline import (
     fill_crop,
     frame_size,
     frames_for_duration,
-    to_uint8,
 )
 from mugv.models.dit.config import DiTConfig
 from mugv.models.dit.model import MUGDiT
@@ -19,6 +18,7 @@ from mugv.models.text.encoders import build_text_encoder
 from mugv.models.text.tiny import make_tiny_t5
 from mugv.models.vae.config import VAEConfig
 from mugv.models.vae.model import MUGVideoVAE
+from mugv.video.tensors import to_uint8
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,13 +10,14 @@ from safetensors.torch import load_file
 
 from mugv.cli import main
 from mugv.config import ConfigError, load_config
+from mugv.train.checkpoint import list_checkpoints
+from mugv.vae_train.config import VAERunConfig
+from mugv.vae_train.data import MediaError, MediaPool, discover
+from mugv.vae_train.trainer import VAETrainer
 from mugv.video import write_mp4
 
 from numerics_testing import assert_close_to_scale
 from vae_testing import moving_square, trained_tiny_vae
-from mugv.vae_train.config import VAERunConfig
-from mugv.vae_train.data import MediaError, MediaPool, discover
-from mugv.vae_train.trainer import VAETrainer, list_checkpoints
 
 
 @pytest.fixture(scope="module")
