@@ -6,7 +6,8 @@ plain SFT step measured in the same run.
 
 A step is a training step (objective, backward, AdamW) on the same pairs. Peak memory: each mode
 in a fresh process (so that the peak is its own). Step time: all modes in one process, one step of
-each per round, median over rounds (a busy machine slows all modes alike). DPO trains on B pairs
+each per round, median over rounds (CPU: the process's CPU seconds, as a busy machine stretches
+wall-clock unevenly). DPO trains on B pairs
 = 2B clips; the SFT baseline trains on the same 2B clips as plain samples, so the ratio is the
 price of the reference alone.
   full weights: sft vs dpo / frozen_copy (a second model, no optimizer state) and dpo / precomputed
@@ -103,10 +104,11 @@ class ModeStep:
         self.record_s = 0.0
         if mode is ReferenceMode.PRECOMPUTED:  # the recording pass, with the model as it starts
             frozen = build_reference(ReferenceMode.FROZEN_COPY, self.model)
-            begin = time.perf_counter()
+            clock = time.perf_counter if device.type == "cuda" else time.process_time  # as in step()
+            begin = clock()
             self.batches = [dataclasses.replace(b, reference_error=self.objective.reference_errors(frozen, b))
                             for b in self.batches]
-            self.record_s = (time.perf_counter() - begin) / len(self.batches)
+            self.record_s = (clock() - begin) / len(self.batches)
             del frozen
             reset_peak_memory(device)  # the recording pass runs before training: its peak is not the step's
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-5)
@@ -114,16 +116,18 @@ class ModeStep:
         self.taken = 0
 
     def step(self) -> float:
-        """Seconds of one step on the next batch."""
+        """Seconds of one step on the next batch: wall-clock on a GPU, this process's CPU time on
+        the CPU (a machine shared with other jobs stretches wall-clock unevenly)."""
         batch = self.batches[self.taken % len(self.batches)]
         self.taken += 1
-        begin = time.perf_counter()
+        clock = time.perf_counter if self.device.type == "cuda" else time.process_time
+        begin = clock()
         self.optimizer.zero_grad(set_to_none=True)
         self.objective.compute(self.model, batch, self.generator, self.reference).loss.backward()
         self.optimizer.step()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return time.perf_counter() - begin
+        return clock() - begin
 
 
 def memory_worker(args) -> dict:
@@ -166,9 +170,10 @@ def main() -> None:
                 times[mode].append(seconds)
     step = {mode: sorted(t)[len(t) // 2] for mode, t in times.items()}
     kind = "peak allocated" if device.type == "cuda" else "peak RSS above start"
+    clock = "wall-clock" if device.type == "cuda" else "process CPU time"
     print(f"device {args.device}; MUG-DiT depth {args.depth} hidden {args.hidden}; {args.pairs} pairs of "
-          f"{args.frames}x{args.size}x{args.size} latents; median of {args.steps} interleaved rounds; "
-          f"memory: {kind}, 2 steps in a fresh process")
+          f"{args.frames}x{args.size}x{args.size} latents; step: {clock}, median of {args.steps} interleaved "
+          f"rounds; memory: {kind}, 2 steps in a fresh process")
     print(f"{'mode':<18} {'step ms':>9} {'memory MiB':>11} {'time x':>7} {'memory x':>9}  vs")
     for mode in MODES:
         base = BASELINE.get(mode, mode)
