@@ -166,6 +166,8 @@ def test_the_reference_mode_follows_lora_unless_configured():
                            ConditioningPolicy()).reference is ReferenceMode.PRECOMPUTED
     with pytest.raises(ConfigError, match="preference.beta"):
         load_config("debug", ["--preference.beta=0"])
+    with pytest.raises(ConfigError, match="parallel.pp > 1"):
+        build_objective(load_config("debug", ["--train.objective=kto", "--parallel.pp=2"]), ConditioningPolicy())
 
 
 def preference_trainer(tmp_path, objective_name, paired, *overrides):

@@ -201,4 +201,7 @@ class FlowKTOObjective(PreferenceObjective):
 
 
 def build_preference_objective(kind: type[PreferenceObjective], cfg, policy: ConditioningPolicy) -> PreferenceObjective:
+    if cfg.parallel.pp > 1:  # the pipeline schedule computes the flow loss per microbatch, not a pair's
+        raise ConfigError(f"train.objective = {kind.name!r} does not support parallel.pp > 1: use FSDP / tensor / "
+                          "context parallelism")
     return kind(cfg.flow, cfg.preference, policy, resolve_reference_mode(cfg.preference, cfg.lora.rank))
