@@ -14,6 +14,7 @@ import torch
 
 from mugv.config import DataConfig
 from mugv.data.batch import LatentBatch
+from mugv.utils.seeds import derived_seed
 
 REFERENCE_ERRORS_NAME = "reference_errors.parquet"  # beside a shard set: mugv.train.preference_reference
 
@@ -148,7 +149,7 @@ class SyntheticPreferences:
         shape = (self.latent_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width)
         chosen, rejected, texts, valid = [], [], [], []
         for index in rows:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            g = torch.Generator().manual_seed(derived_seed(self.seed, index))
             chosen.append(torch.randn(shape, generator=g))
             rejected.append(torch.randn(shape, generator=g))
             texts.append(torch.randn(cfg.text_tokens, self.text_dim, generator=g))
@@ -164,7 +165,7 @@ class SyntheticPreferences:
             pixel_width=cfg.latent_width * 8,
             rejected=torch.stack(rejected) if self.paired else None,
             label=None if self.paired else torch.tensor([i % 2 == 0 for i in rows]),
-            noise_seed=torch.tensor([self.seed * 1_000_003 + i for i in rows], dtype=torch.int64),
+            noise_seed=torch.tensor([derived_seed(self.seed, i) for i in rows], dtype=torch.int64),
             reference_error=torch.stack(recorded) if all(r is not None for r in recorded) else None,
         )
 

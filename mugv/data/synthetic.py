@@ -10,6 +10,7 @@ import torch
 
 from mugv.config import DataConfig
 from mugv.data.batch import LatentBatch
+from mugv.utils.seeds import derived_seed
 
 
 class SyntheticLatents:
@@ -23,7 +24,7 @@ class SyntheticLatents:
     def sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Latents (C, T, H, W), text (L, D) and its number of real tokens for pool entry `index`."""
         cfg = self.cfg
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index % cfg.num_samples)
+        g = torch.Generator().manual_seed(derived_seed(self.seed, index % cfg.num_samples))
         latents = torch.randn(self.latent_channels, cfg.latent_frames, cfg.latent_height, cfg.latent_width, generator=g)
         text = torch.randn(cfg.text_tokens, self.text_dim, generator=g)
         valid = int(torch.randint(1, cfg.text_tokens + 1, (1,), generator=g))

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mugv.utils.seeds import derived_seed
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 200, 60),
@@ -43,7 +45,7 @@ def all_scenes() -> list[Scene]:
 def sub_seed(seed: int, n: int) -> int:
     """The seed of item `n` of a run seeded `seed`: every seed of a demo follows its `--seed`, and seed 0
     keeps `n` itself."""
-    return seed * 1_000_003 + n
+    return derived_seed(seed, n)
 
 
 def split_scenes(held_out: int = 6, seed: int = 0) -> tuple[list[Scene], list[Scene]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from mugv.config import RunConfig
 from mugv.data.batch import LatentBatch
 from mugv.data.synthetic import SyntheticLatents
+from mugv.utils.seeds import rank_seed
 
 
 class DataParallelSyntheticLatents(SyntheticLatents):
@@ -39,4 +40,4 @@ def build_dp_data_source(cfg: RunConfig, dp_rank: int, dp_size: int):
 
 def dp_generator_seed(seed: int, dp_rank: int) -> int:
     """The step generator's seed on dp rank `dp_rank` (rank 0 keeps the single-process seed)."""
-    return seed + 1_000_003 * dp_rank
+    return rank_seed(seed, dp_rank)

@@ -41,6 +41,7 @@ from mugv.train.objectives import build_objective, build_reference
 from mugv.train.validation import validation_loss
 from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
 from mugv.utils.device import resolve_device
+from mugv.utils.seeds import held_out_seed, restart_seed
 
 
 class TrainerHook(Protocol):
@@ -256,7 +257,7 @@ class Trainer:
         if generator is not None and meta.get("dp_size") == dp_size:  # same data-parallel size: exact
             self.generator.set_state(generator)
         else:  # another data-parallel size: the noise streams restart from the seed, offset by the step
-            self.generator.manual_seed(self.generator.initial_seed() + 7919 * int(meta["step"]))
+            self.generator.manual_seed(restart_seed(self.generator.initial_seed(), int(meta["step"])))
         self.step = int(meta["step"])
 
     def resume(self) -> Path | None:
@@ -426,7 +427,7 @@ class Trainer:
                                                                          prefetch=0, image_fraction=-1.0))
             source = build_data_source(held_out)
         elif cfg.data.source == "synthetic":
-            source = SyntheticLatents(cfg.data, cfg.model.in_channels, cfg.model.text_dim, seed=cfg.train.seed + 7919)
+            source = SyntheticLatents(cfg.data, cfg.model.in_channels, cfg.model.text_dim, seed=held_out_seed(cfg.train.seed))
         else:
             raise ConfigError("validation.shards must name a held-out shard set when training from shards")
         return [source.next_batch() for _ in range(v.batches)]

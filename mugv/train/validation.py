@@ -8,6 +8,7 @@ import torch
 
 from mugv.data.batch import LatentBatch
 from mugv.flow import interpolate, masked_flow_loss, velocity_target
+from mugv.utils.seeds import derived_seed
 
 DEFAULT_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -31,7 +32,7 @@ def validation_loss(
     for j, batch in enumerate(batches):
         batch = batch.to(device)
         x0 = batch.latents
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + j)).to(x0)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(derived_seed(seed, j))).to(x0)
         frame_mask = torch.ones(x0.shape[0], x0.shape[2], dtype=torch.bool, device=x0.device)
         for sigma in per_sigma:
             level = torch.full((x0.shape[0],), sigma, device=x0.device)

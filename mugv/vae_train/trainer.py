@@ -29,6 +29,7 @@ from mugv.models.vae.model import DiagonalGaussian, MUGVideoVAE
 from mugv.train.checkpoint import keep_last_checkpoints, list_checkpoints, load_tensor_file, publish, step_dir
 from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
 from mugv.utils.device import resolve_device
+from mugv.utils.seeds import derived_seed, held_out_seed
 from mugv.vae_train.config import VAERunConfig
 from mugv.vae_train.data import MediaPool
 from mugv.vae_train.losses import (
@@ -136,7 +137,7 @@ class VAETrainer:
         lr = cfg.optim.lr * learning_rate_factor(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        noise = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1_000_003 + step)
+        noise = torch.Generator(device=self.device).manual_seed(derived_seed(cfg.train.seed, step))
         self.optimizer.zero_grad(set_to_none=True)
         logged: dict[str, float] = {"lr": lr}
         fakes: list[tuple[Tensor, Tensor]] = []
@@ -265,13 +266,13 @@ class VAETrainer:
         written = []
         for index in range(cfg.samples.count):
             if self.media.videos:
-                clip = self.media.video_batch(cfg.train.seed + 7919, index, 1, cfg.data.clip_frames, cfg.data.frame_stride)
+                clip = self.media.video_batch(held_out_seed(cfg.train.seed), index, 1, cfg.data.clip_frames, cfg.data.frame_stride)
                 recon = self.model(clip.to(self.device), sample=False)[0].cpu()
                 pair = np.concatenate([to_uint8(clip[0]), to_uint8(recon[0])], axis=2)
                 path = out_dir / f"step_{self.step:08d}_clip{index}.mp4"
                 write_mp4(path, pair, fps=8.0)
                 written.append(path)
-            image = self.media.image_batch(cfg.train.seed + 7919, index, 1)
+            image = self.media.image_batch(held_out_seed(cfg.train.seed), index, 1)
             recon = self.model(image.to(self.device), sample=False)[0].cpu()
             pair = np.concatenate([to_uint8(image[0]), to_uint8(recon[0])], axis=2)[0]
             path = out_dir / f"step_{self.step:08d}_image{index}.png"
