@@ -40,6 +40,10 @@ class _CliText(str):
 # Sections
 # --------------------------------------------------------------------------------------------
 
+# The release's sampling defaults, for every sampler mugv configures (generation, training samples, the demo).
+DEFAULT_STEPS = 25
+DEFAULT_CFG_SCALE = 4.0
+
 NEGATIVE_PROMPT = (
     "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
     "fewer digits, cropped, worst quality, low quality, normal quality, jpeg artifacts, "
@@ -292,8 +296,8 @@ class SamplingConfig:
     width: int = 64
     frames: int = 17
     fps: float = 12.0
-    steps: int = 25
-    cfg_scale: float = 4.0
+    steps: int = DEFAULT_STEPS
+    cfg_scale: float = DEFAULT_CFG_SCALE
 
     def validate(self) -> None:
         if self.every_steps:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mugv.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 from mugv.infer.pipeline import (
     ASPECT_RATIOS,
     RESOLUTIONS,
@@ -50,8 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size.add_argument("--frames", type=int, help="frame count (1 + 8k), e.g. 105")
     size.add_argument("--duration", type=float, default=5.0, help="seconds, when --frames is not given (default 5)")
     size.add_argument("--fps", type=float, default=30.0, help="frames per second, conditioning and file (default 30)")
-    size.add_argument("--steps", type=int, default=25)
-    size.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4)")
+    size.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    size.add_argument("--cfg", type=float, default=DEFAULT_CFG_SCALE,
+                      help=f"classifier-free guidance scale (default {DEFAULT_CFG_SCALE:g})")
     size.add_argument("--shift-base-resolution", type=int, default=0,
                       help="pixels (H x W) at which the sampler's time shift is 1; default: the training "
                       "run's flow.base_resolution when --dit lies in a run folder, else 512x512 as released")

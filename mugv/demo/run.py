@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mugv.cli import main as mugv_main
+from mugv.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS
 from mugv.demo.world import Scene, render, split_scenes, sub_seed
 from mugv.errors import MugvError, user_error_message
 
@@ -34,7 +35,7 @@ class DemoPlan:
     `vae-demo` and `demo` profiles' own; `vae_overrides` / `dit_overrides` replace them."""
 
     clips_per_scene: int = 3
-    sample_steps: int = 25
+    sample_steps: int = DEFAULT_STEPS
     seeds_per_prompt: int = 2
     vae_overrides: tuple[str, ...] = ()
     dit_overrides: tuple[str, ...] = ()
@@ -198,7 +199,7 @@ class Demo:
         checkpoint = latest_checkpoint_dir(dit_dir)
         run(["generate", "--dit", str(checkpoint), "--vae", str(vae_weights), "--vae-preset", "tiny",
              "--text-encoder", "minilm", "--prompts", str(table), "--out", str(out), "--height", "64", "--width", "64",
-             "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", "4",
+             "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", str(DEFAULT_CFG_SCALE),
              # guidance against the null text the model learned through caption dropout
              "--negative-prompt", ""])
         return [(out / f"{name}.mp4", scene) for name, scene in cases]

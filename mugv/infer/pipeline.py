@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mugv.config import NEGATIVE_PROMPT, FlowConfig
+from mugv.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS, NEGATIVE_PROMPT, FlowConfig
 from mugv.errors import MugvError
 from mugv.flow import CFGVelocity, euler_sample, sampling_sigmas, shift_ratio
 from mugv.models.dit.model import MUGDiT
@@ -61,8 +61,8 @@ class GenerationRequest:
     width: int = 448
     num_frames: int = 33
     fps: float = 30.0
-    steps: int = 25
-    cfg_scale: float = 4.0
+    steps: int = DEFAULT_STEPS
+    cfg_scale: float = DEFAULT_CFG_SCALE
     negative_prompt: str | None = None  # None: the release's negative prompt; "": the null text
     seed: int = 0
     aesthetic_score: float | None = 6.0
