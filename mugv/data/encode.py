@@ -31,7 +31,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,14 +96,6 @@ class EncodeSummary:
 # --------------------------------------------------------------------------------------------
 # Encoders behind small interfaces
 # --------------------------------------------------------------------------------------------
-
-
-class LatentEncoder(Protocol):
-    latent_channels: int
-
-    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(1, 3, T, H, W) in [-1, 1] -> normalised latents (1, C, t, h, w)."""
-        ...
 
 
 class VAELatentEncoder:

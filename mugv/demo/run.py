@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from mugv.cli import main as mugv_main
 from mugv.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS
@@ -253,12 +252,6 @@ def latest_checkpoint_dir(run_dir: Path) -> Path:
     if found is None:
         raise DemoError(f"no checkpoint in {run_dir / 'checkpoints'}")
     return found
-
-
-def read_frames(path: Path) -> np.ndarray:
-    from mugv.video.reader import decode
-
-    return decode(path).frames
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, deterministic: bool = False) -> Path:
