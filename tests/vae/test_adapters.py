@@ -33,7 +33,7 @@ def golden_model() -> MUGVideoVAE:
     model = MUGVideoVAE(golden_config()).eval()
     report = load_into(model, load_file(GOLDEN / "vae_tiny_reference_weights.safetensors"))
     assert report.layout == "mugv" and report.ok
-    assert sorted(report.unused) == sorted(MUGV_UNUSED)
+    assert sorted(report.dropped) == sorted(MUGV_UNUSED)
     return model
 
 
@@ -108,7 +108,7 @@ def test_round_trip_through_mugv_layout(tiny_vae):
     assert detect_layout(exported) == "mugv"
     fresh = MUGVideoVAE(tiny_vae.cfg)
     report = load_into(fresh, exported)
-    assert report.ok and sorted(report.unused) == sorted(MUGV_UNUSED)
+    assert report.ok and sorted(report.dropped) == sorted(MUGV_UNUSED)
     for name, tensor in tiny_vae.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], tensor), name
 
@@ -139,7 +139,7 @@ def test_diffusers_autoencoder_kl_names_load_the_spatial_half(tiny_vae):
     fresh = MUGVideoVAE(tiny_vae.cfg)
     others_before = {k: v.clone() for k, v in fresh.state_dict().items() if not k.startswith("spatial.")}
     report = load_into(fresh, spatial)
-    assert report.layout == "diffusers" and report.unused == ["quant_conv.weight"]
+    assert report.layout == "diffusers" and report.dropped == ["quant_conv.weight"]
     assert "quant_conv.weight" in DIFFUSERS_UNUSED
     for name, tensor in fresh.state_dict().items():
         expected = tiny_vae.state_dict()[name] if name.startswith("spatial.") else others_before[name]

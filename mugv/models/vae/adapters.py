@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 
 from mugv.errors import MugvError, reading
+from mugv.models.load_report import LoadReport
 from mugv.models.vae.model import MUGVideoVAE
 
 __all__ = [
@@ -167,39 +167,6 @@ def to_mugv(state_dict: Mapping[str, Tensor], *, fill_unused: bool = True) -> di
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class LoadReport:
-    layout: str
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    #: name -> (expected shape, checkpoint shape), in the checkpoint's names
-    shape_mismatches: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-    #: checkpoint keys known to be unused by the model, dropped on purpose
-    unused: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatches)
-
-    def format(self) -> str:
-        lines = [f"VAE checkpoint, layout {self.layout!r}:"]
-        for title, names in (("missing keys", self.missing), ("unexpected keys", self.unexpected)):
-            if names:
-                lines.append(f"  {title} ({len(names)}):")
-                lines += [f"    {n}" for n in names]
-        if self.shape_mismatches:
-            lines.append(f"  shape mismatches ({len(self.shape_mismatches)}), expected vs found:")
-            lines += [f"    {n}: {e} vs {f}" for n, (e, f) in self.shape_mismatches.items()]
-        if self.unused:
-            lines.append(f"  unused by the model, dropped ({len(self.unused)}): {', '.join(self.unused)}")
-        if self.ok and not self.unused:
-            lines.append("  all keys and shapes match")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-
 def detect_layout(state_dict: Mapping[str, Tensor]) -> Layout:
     keys = list(state_dict)
     if any(k.startswith(("spatial_vae.", "temporal_vae.")) for k in keys):
@@ -231,7 +198,7 @@ def load_into(
     else:
         raise ValueError(f"unknown layout {layout!r}; use 'ours', 'mugv', 'diffusers' or 'auto'")
 
-    report = LoadReport(layout=layout)
+    report = LoadReport(layout=layout, subject="VAE checkpoint", error=VAELayoutError, dropped_why="unused by the model")
     converted: dict[str, Tensor] = {}
     for name, tensor in state_dict.items():
         if name in target:
@@ -240,12 +207,11 @@ def load_into(
                 report.shape_mismatches[name] = (expected, tuple(tensor.shape))
             converted[target[name]] = tensor
         elif name in unused_names:
-            report.unused.append(name)
+            report.dropped.append(name)
         else:
             report.unexpected.append(name)
     report.missing = sorted(theirs for theirs, mine in target.items() if mine not in converted)
-    if not report.ok:
-        raise VAELayoutError(report.format())
+    report.raise_for_errors()
     model.load_state_dict(converted, strict=layout != "diffusers")
     return report
 

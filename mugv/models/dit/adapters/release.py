@@ -18,7 +18,7 @@ from mugv.models.dit.adapters.names import (
     _unknown,
     log,
 )
-from mugv.models.dit.adapters.report import LoadReport, compare_state_dicts
+from mugv.models.dit.adapters.report import LoadReport, compare_state_dicts, dit_report
 
 
 def _structural_expected_names(names: Iterable[str]) -> list[str]:
@@ -100,7 +100,7 @@ def from_mugv(state_dict: Mapping[str, Tensor], *, reference: Any = None) -> tup
         expected = _expected_from_reference(reference)
         report = compare_state_dicts(out, expected, layout="mugv", known_absent=KNOWN_ABSENT["mugv"])
     else:
-        report = LoadReport(layout="mugv")
+        report = dit_report("mugv")
         report.unexpected = [k for k in out if _match_ours(k) is None]
         for name in _structural_expected_names(out):
             if name not in out:
