@@ -248,12 +248,19 @@ def brisque_model_files() -> tuple[Path, Path]:
     return folder / "svm.txt", folder / "normalize.pickle"
 
 
+class _PlainValuesUnpickler(pickle.Unpickler):
+    """Reads dicts, lists and numbers only: a global (code that would run on load) is refused."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: the BRISQUE ranges file holds plain values")
+
+
 @lru_cache(maxsize=1)
 def brisque_model() -> BrisqueModel:
     svm_file, ranges_file = brisque_model_files()
     vectors, coefficients, gamma, rho = read_libsvm_regressor(svm_file, 36)
-    with open(ranges_file, "rb") as f:
-        ranges = pickle.load(f)  # the wheel's own file: {'min_': [36 floats], 'max_': [36 floats]}
+    with open(ranges_file, "rb") as f:  # {'min_': [36 floats], 'max_': [36 floats]}
+        ranges = _PlainValuesUnpickler(f).load()
     return BrisqueModel(vectors, coefficients, gamma, rho, np.asarray(ranges["min_"], float), np.asarray(ranges["max_"], float))
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from mugv.config import load_config
 from mugv.distributed.checkpoint import (
+    _checked_metadata,
     load_distributed,
     model_state,
     optimizer_state,
@@ -92,8 +93,7 @@ def test_dcp_checkpoints_load_exactly_with_the_checks_in_place(dcp_checkpoint):
 
 def test_dcp_metadata_holding_code_is_refused(dcp_checkpoint, marker):
     _, fresh, path = dcp_checkpoint
-    with open(path / ".metadata", "rb") as f:
-        metadata = pickle.load(f)
+    metadata = _checked_metadata(path)  # read as mugv reads it: no unrestricted unpickling
     metadata.planner_data = WritesMarker(marker)
     with open(path / ".metadata", "wb") as f:
         pickle.dump(metadata, f)
