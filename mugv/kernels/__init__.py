@@ -31,9 +31,11 @@ def triton_available() -> bool:
 
 
 def _plain_cuda(tensors: tuple) -> bool:
+    if not all(t is None or t.is_cuda for t in tensors):  # the CPU path stops here, on every call
+        return False
     from torch.distributed.tensor import DTensor
 
-    return all(t is None or (t.is_cuda and not isinstance(t, DTensor)) for t in tensors)
+    return not any(isinstance(t, DTensor) for t in tensors)
 
 
 def use_fused(*tensors: torch.Tensor | None) -> bool:
