@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,9 @@ from torch import nn
 from mugv.config import LoRAConfig
 
 LORA_FACTORS = ("lora_A", "lora_B")  # the parameter names on an adapted layer: A (rank x in), B (out x rank)
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."  # PEFT's path to the wrapped model's modules, in its saved keys
 
 
 def _lora_output(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -107,3 +112,41 @@ def merge_lora(model: nn.Module) -> int:
             del module.lora_A, module.lora_B, module.lora_scale, module.lora_enabled, module._lora_hook
             merged += 1
     return merged
+
+
+def peft_adapter(state: Mapping[str, torch.Tensor], cfg: LoRAConfig,
+                 base_model: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """An adapter saved by `lora_state_dict` in the PEFT layout: the tensors of
+    `adapter_model.safetensors` (`base_model.model.<layer>.lora_A.weight`, A as [rank, in] and B
+    as [out, rank], as mugv stores them) and the content of `adapter_config.json`. PEFT scales a
+    LoRA update by lora_alpha / r, as mugv does, so alpha and rank carry over unchanged; the
+    targets are the adapted layers' full paths (PEFT does not read fnmatch patterns)."""
+    tensors, layers = {}, set()
+    for name, tensor in state.items():
+        layer, factor = name.rsplit(".", 1)
+        if factor not in LORA_FACTORS:
+            raise KeyError(f"{name!r} is not a LoRA factor (<layer>.lora_A / <layer>.lora_B)")
+        tensors[f"{PEFT_PREFIX}{layer}.{factor}.weight"] = tensor.detach().contiguous()
+        layers.add(layer)
+    config = {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base_model, "revision": None,
+        "inference_mode": True, "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": 0.0,
+        "target_modules": sorted(layers), "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+        "use_dora": False, "init_lora_weights": True, "modules_to_save": None, "layers_to_transform": None,
+        "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    return tensors, config
+
+
+def save_peft_adapter(folder: str | Path, state: Mapping[str, torch.Tensor], cfg: LoRAConfig,
+                      base_model: str | None = None) -> Path:
+    """Write `folder/adapter_model.safetensors` and `folder/adapter_config.json`, which
+    `peft.PeftModel.from_pretrained(model, folder)` loads onto the base model."""
+    from safetensors.torch import save_file
+
+    tensors, config = peft_adapter(state, cfg, base_model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, folder / PEFT_WEIGHTS, {"format": "pt"})
+    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return folder

@@ -36,7 +36,7 @@ from mugv.train.logger import RunLogger
 from mugv.train.metrics import batch_train_flops, device_peak_tflops, peak_memory_gib
 from mugv.train.curriculum import Curriculum, StageSettings
 from mugv.train.ema import EMA, PowerEMA
-from mugv.train.lora import apply_lora, lora_state_dict
+from mugv.train.lora import apply_lora, lora_state_dict, save_peft_adapter
 from mugv.train.objectives import build_objective, build_reference
 from mugv.train.validation import validation_loss
 from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
@@ -433,7 +433,8 @@ class Trainer:
         return [source.next_batch() for _ in range(v.batches)]
 
     def export_final(self, run_dir: Path, write: bool = True) -> None:
-        """Weights a user takes away: the EMA weights and the LoRA adapter, as full safetensors.
+        """Weights a user takes away: the EMA weights and the LoRA adapter, as full safetensors (the
+        adapter also in the PEFT layout, `lora-peft/`).
         Under torchrun every rank takes part in gathering them; only the one with `write` writes."""
         if self.ema is not None:
             shadow = self.gathered(self.ema.state_dict())
@@ -445,6 +446,8 @@ class Trainer:
                 save_safetensors(adapter, run_dir / "lora.safetensors", {
                     "rank": str(self.cfg.lora.rank), "alpha": str(self.cfg.lora.alpha),
                     "targets": ",".join(self.cfg.lora.targets)})
+                save_peft_adapter(run_dir / "lora-peft", adapter, self.cfg.lora,
+                                  base_model=self.cfg.checkpoint.init_weights or None)
 
     def throughput(self, batch: LatentBatch, step_seconds: float, data_seconds: float) -> dict[str, float]:
         flops = batch_train_flops(self.cfg.model, batch)

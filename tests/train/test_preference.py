@@ -192,6 +192,9 @@ def test_the_trainer_runs_dpo_with_lora_and_logs_the_preference_metrics(tmp_path
                 "e_ref_rejected", "kl"):
         assert key in history[-1]
     assert history[-1]["kl"] > 0
+    assert (tmp_path / "lora.safetensors").is_file()
+    assert (tmp_path / "lora-peft" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "lora-peft" / "adapter_config.json").is_file()
 
 
 @pytest.mark.parametrize("name", ["dpo", "kto"])

@@ -77,7 +77,15 @@ def test_lora_trains_only_the_adapter_and_exports_it(tmp_path):
     changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
     assert changed == ["blocks.0.mlp.fc1.lora_A", "blocks.0.mlp.fc1.lora_B", "blocks.1.mlp.fc1.lora_A",
                        "blocks.1.mlp.fc1.lora_B"]
-    assert set(load_file(tmp_path / "lora.safetensors")) == set(changed)
+    exported = load_file(tmp_path / "lora.safetensors")
+    assert set(exported) == set(changed)
+    # the same adapter in the PEFT layout, beside it (tests/train/test_lora_peft.py checks the format)
+    peft_weights = load_file(tmp_path / "lora-peft" / "adapter_model.safetensors")
+    assert peft_weights.keys() == {f"base_model.model.{name}.weight" for name in changed}
+    assert all(torch.equal(peft_weights[f"base_model.model.{name}.weight"], exported[name]) for name in changed)
+    peft_config = json.loads((tmp_path / "lora-peft" / "adapter_config.json").read_text())
+    assert peft_config["base_model_name_or_path"] == GOLDEN_WEIGHTS
+    assert peft_config["target_modules"] == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
 
 
 def test_freeze_patterns_keep_parameters_fixed(tmp_path):
