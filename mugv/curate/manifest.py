@@ -4,6 +4,7 @@ video), every score, `status` and all reasons. `path` is absolute, so readers ne
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -75,12 +76,21 @@ def to_table(rows: list[dict]) -> pa.Table:
 
 
 def write_rows(rows: list[dict], path: str | Path) -> None:
-    """Write atomically: a crash never leaves a half-written file that a resume would trust."""
+    """Write atomically and durably: a crash or a power cut never leaves a half-written file that
+    a resume would trust (written beside it, synced, renamed, and the rename synced)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(path.suffix + ".partial")
-    pq.write_table(to_table(rows), partial)
+    with open(partial, "wb") as handle:
+        pq.write_table(to_table(rows), handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     partial.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def read_rows(path: str | Path) -> list[dict]:

@@ -1,9 +1,12 @@
 """The curation runner: per-video stages in parallel workers, then manifest-wide dedup and balance.
 
 Each video is opened once and decoded once; the decoded frames (and their thumbnails) are shared
-by the scene split, every filter and the captioner. A finished video's rows are written to
-`DIR/parts/<settings>/<video_id>-<table columns>.parquet` at once, so a rerun with the same per-video settings
-skips it (resume), while changed settings start a fresh parts folder.
+by the scene split, every filter and the captioner. The inputs are grouped into shards (about
+`run.shard_size` videos); a finished shard's rows are written atomically to
+`DIR/parts/<settings>/shard-<members' keys>.parquet`, so a rerun with the same per-video settings,
+after a kill or not, skips it (resume), while changed settings start a fresh parts folder. Dedup
+and balance run on all the parts' rows in input order, so the manifest does not depend on which
+run wrote which part.
 """
 
 from __future__ import annotations
@@ -14,15 +17,16 @@ import os
 import time
 import traceback
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mugv.config import to_toml
-from mugv.curate import aesthetic, balance, caption, dedup, motion, postprocess, scenes, sharpness, transitions
+from mugv.curate import aesthetic, balance, caption, dedup, motion, postprocess, scenes, sharpness, storage, transitions
 from mugv.curate.config import CurateConfig
 from mugv.curate.inputs import InputItem, read_inputs
 from mugv.curate.manifest import KEPT, REJECTED, complete, read_rows, summary_table, write_rows
@@ -31,8 +35,8 @@ from mugv.video import VideoError, VideoReader, YuvFrames
 from mugv.video.reader import is_media_path
 
 MANIFEST_NAME = "manifest.parquet"
-EDGE_BYTES = 1 << 16  # of each end of a file, in its id: a re-encode changes both (container header, index)
 SUMMARY_NAME = "summary.txt"
+_FINGERPRINT_THREADS = 16
 # Fresh interpreters: forking a parent that has run codec or OpenCV threads can deadlock.
 _SPAWN = multiprocessing.get_context("spawn")
 
@@ -46,20 +50,16 @@ class CurateResult:
     seconds: float
 
 
-def video_id(item: InputItem) -> str:
+def video_id(item: InputItem, storage_options: dict[str, dict] | None = None) -> str:
     """Stable id of an input file's content, the same wherever the input lives and whenever the file
     was written: its name within the input (`InputItem.name`), its size and a digest of its first
     and last 64 KiB. Clip ids, and so the order of samples in encoding and training, follow from it."""
-    name = item.name or os.path.abspath(item.path)
-    try:
-        with open(item.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            ends = hashlib.sha1(f.read(EDGE_BYTES))
-            f.seek(max(size - EDGE_BYTES, 0))
-            ends.update(f.read(EDGE_BYTES))
-        key = f"{name}|{size}|{ends.hexdigest()}"
-    except OSError:
-        key = name
+    return _video_id(item, storage.fingerprint(item.path, storage_options or {}))
+
+
+def _video_id(item: InputItem, found: storage.Fingerprint | None) -> str:
+    name = item.name or (item.path if storage.is_remote(item.path) else os.path.abspath(item.path))
+    key = f"{name}|{found.size}|{found.ends}" if found else name
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -77,7 +77,7 @@ def per_video_settings(cfg: CurateConfig) -> str:
 def curate_video(item: InputItem, cfg: CurateConfig) -> list[dict]:
     """All candidate-clip rows of one video; any failure becomes a rejected row, never an error."""
     base = {
-        "video_id": video_id(item),
+        "video_id": item.id or video_id(item, cfg.run.storage_options),
         "path": item.path,
         "source": item.source,
         "license": item.license,
@@ -110,11 +110,12 @@ def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
         return [_video_row(base, "caption_sidecar" if used else "not_a_video")]
     if reason := screen_table(cfg.screen, item.source, item.license):
         return [_video_row(base, reason)]
-    try:
-        reader = VideoReader(item.path, threads=1)  # one worker per core: decode on this one
-    except VideoError as exc:
-        return [_video_row(base, exc.reason, exc.message)]
-    with reader:
+    with ExitStack() as open_files:
+        try:
+            local = open_files.enter_context(storage.local_copy(item.path, cfg.run.storage_options, cfg.run.cache_dir))
+            reader = open_files.enter_context(VideoReader(local, threads=1))  # one worker per core: decode on this one
+        except VideoError as exc:  # vanished since it was listed, a failed download, not a video
+            return [_video_row(base, exc.reason, exc.message)]
         info = reader.info
         meta = {
             "width": info.width,
@@ -249,22 +250,41 @@ def apply_balance(rows: list[dict], cfg: CurateConfig) -> None:
             row["status"], row["reason"] = REJECTED, "balance"
 
 
+@dataclass
+class Shard:
+    """A group of input videos whose rows are written together, as one part file."""
+
+    name: str  # a digest of what shapes its members' rows
+    videos: list[InputItem]  # in input order, ids set
+
+
 def run_curation(input_spec: str | Path, out_dir: str | Path, cfg: CurateConfig) -> CurateResult:
     started = time.perf_counter()
     out = Path(out_dir)
     parts = out / "parts" / per_video_settings(cfg)
     parts.mkdir(parents=True, exist_ok=True)
+    for interrupted in parts.glob("*.partial"):  # a part being written when an earlier run was killed
+        interrupted.unlink()
     (out / "curate.toml").write_text(to_toml(cfg))
     # Every input file gets rows, except what this run writes when --out lies inside the input.
-    inputs = [i for i in read_inputs(input_spec) if not Path(i.path).is_relative_to(os.path.abspath(out))]
-    items = list({video_id(i): i for i in inputs}.items())
-    pending = [(vid, item) for vid, item in items if not (cfg.run.resume and _part_path(parts, vid, item).is_file())]
-    by_id = dict(items)
+    inputs = [
+        i for i in read_inputs(input_spec, cfg.run.storage_options) if not Path(i.path).is_relative_to(os.path.abspath(out))
+    ]
+    shards = plan_shards(identify(inputs, cfg.run.storage_options), cfg.run.shard_size)
+    pending = [s for s in shards if not (cfg.run.resume and (parts / s.name).is_file())]
+    total, todo = sum(len(s.videos) for s in shards), sum(len(s.videos) for s in pending)
 
-    progress = _progress(len(items), len(items) - len(pending), cfg.run.progress)
+    progress = _progress(total, total - todo, cfg.run.progress)
+    shard_of = {item.id: shard for shard in pending for item in shard.videos}
+    waiting = {shard.name: len(shard.videos) for shard in pending}
+    finished: dict[str, list[dict]] = {}  # rows of the videos of shards not yet complete
     clips = 0
-    for vid, rows in _execute(pending, cfg):
-        write_rows(rows, _part_path(parts, vid, by_id[vid]))
+    for vid, rows in _execute([(item.id, item) for shard in pending for item in shard.videos], cfg):
+        finished[vid] = rows
+        shard = shard_of[vid]
+        waiting[shard.name] -= 1
+        if not waiting[shard.name]:
+            write_rows([row for item in shard.videos for row in finished.pop(item.id)], parts / shard.name)
         clips += sum(1 for r in rows if r["clip_index"] >= 0)
         if progress is not None:
             progress.set_postfix_str(f"{clips / max(1e-9, time.perf_counter() - started):.1f} clips/s", refresh=False)
@@ -272,26 +292,45 @@ def run_curation(input_spec: str | Path, out_dir: str | Path, cfg: CurateConfig)
     if progress is not None:
         progress.close()
 
-    rows = [row for vid, item in items for row in read_rows(_part_path(parts, vid, item))]
+    # The manifest-wide steps see the rows in input order, whichever run wrote which part.
+    rows = [row for shard in shards for row in read_rows(parts / shard.name)]
     apply_dedup(rows, cfg)
     apply_balance(rows, cfg)
     manifest = out / MANIFEST_NAME
     write_rows(rows, manifest)
     summary = summary_table(rows)
     (out / SUMMARY_NAME).write_text(summary + "\n")
-    return CurateResult(rows, manifest, summary, len(pending), time.perf_counter() - started)
+    return CurateResult(rows, manifest, summary, todo, time.perf_counter() - started)
 
 
-def _part_path(parts: Path, vid: str, item: InputItem) -> Path:
-    """Where a video's rows are kept; the input-table columns are part of the key, since an
-    edited caption or licence changes the rows, and so is the file's modification time, so that a
-    rewritten file is curated again even where its id stays."""
-    try:
-        written = os.stat(item.path).st_mtime_ns
-    except OSError:
-        written = 0
-    carried = hashlib.sha1(f"{item.caption}\0{item.source}\0{item.license}\0{written}".encode()).hexdigest()[:8]
-    return parts / f"{vid}-{carried}.parquet"
+def identify(inputs: list[InputItem], storage_options: dict[str, dict]) -> list[tuple[InputItem, str]]:
+    """Each distinct input (by id, at its first place) with its id set, and the key of its rows:
+    the id plus what else shapes them, the input table's columns (an edited caption or licence) and
+    the file's version (a file rewritten with the same size and ends keeps its id but is curated again)."""
+    with ThreadPoolExecutor(_FINGERPRINT_THREADS) as pool:  # remote inputs: round trips, not work
+        found = list(pool.map(lambda item: storage.fingerprint(item.path, storage_options), inputs))
+    unique: dict[str, tuple[InputItem, str]] = {}
+    for item, fingerprint in zip(inputs, found):
+        vid = _video_id(item, fingerprint)
+        version = fingerprint.version if fingerprint else ""
+        key = f"{vid}\0{item.caption}\0{item.source}\0{item.license}\0{version}"
+        unique[vid] = (replace(item, id=vid), hashlib.sha1(key.encode()).hexdigest())
+    return list(unique.values())
+
+
+def plan_shards(videos: list[tuple[InputItem, str]], size: int) -> list[Shard]:
+    """Groups of consecutive videos, `size` on average, cut after each video whose id is 0 modulo
+    `size` (content-defined, as rsync cuts chunks): an added or removed input changes only the
+    shard it falls in, never the cuts elsewhere. A part is named by its members' keys, so it is
+    reused only while none of them changed."""
+    shards, group = [], []
+    for index, (item, key) in enumerate(videos):
+        group.append((item, key))
+        if int(item.id, 16) % size == 0 or index == len(videos) - 1:
+            digest = hashlib.sha1("\n".join(k for _, k in group).encode()).hexdigest()[:20]
+            shards.append(Shard(f"shard-{digest}.parquet", [i for i, _ in group]))
+            group = []
+    return shards
 
 
 def _progress(total: int, done: int, enabled: bool):

@@ -19,6 +19,9 @@ from mugv.vae_train.data import discover
 from mugv.video import synthetic, write_mp4
 
 
+ONE_VIDEO_SHARDS = "--run.shard_size=1"  # resume granularity: every video its own part
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shots):
     folder = tmp_path_factory.mktemp("corpus")
@@ -136,17 +139,17 @@ def test_rerun_resumes_and_changed_settings_recompute(corpus, tmp_path):
     for name in ("blur.mp4", "cuts.mp4", "sub/pan.mp4", "sub/pan.txt"):
         (videos / name).write_bytes((corpus / name).read_bytes())
     out = videos / "curated"  # inside the input: what the run writes there is not curated
-    first = run_curation(videos, out, curate_config())
+    first = run_curation(videos, out, curate_config(ONE_VIDEO_SHARDS))
     assert first.files_processed == 4 and not any("curated" in r["path"] for r in first.rows)
-    again = run_curation(videos, out, curate_config())
+    again = run_curation(videos, out, curate_config(ONE_VIDEO_SHARDS))
     assert again.files_processed == 0 and again.rows == first.rows
-    os.utime(videos / "blur.mp4", ns=(1, 1))  # a changed file is curated again
-    assert run_curation(videos, out, curate_config()).files_processed == 1
-    changed = run_curation(videos, out, curate_config("--sharpness.min_score=1"))
+    os.utime(videos / "blur.mp4", ns=(1, 1))  # a changed file is curated again, and only its shard
+    assert run_curation(videos, out, curate_config(ONE_VIDEO_SHARDS)).files_processed == 1
+    changed = run_curation(videos, out, curate_config(ONE_VIDEO_SHARDS, "--sharpness.min_score=1"))
     assert changed.files_processed == 4
     assert "blurry" not in _by_file(changed.rows)["blur.mp4"][0]["reason"]
     # dedup and balance settings apply to the whole manifest without re-decoding anything
-    balanced = run_curation(videos, out, curate_config("--sharpness.min_score=1", "--balance.mix=['urban=1']"))
+    balanced = run_curation(videos, out, curate_config(ONE_VIDEO_SHARDS, "--sharpness.min_score=1", "--balance.mix=['urban=1']"))
     assert balanced.files_processed == 0
     assert [os.path.basename(r["path"]) for r in balanced.rows if r["status"] == "kept"] == ["pan.mp4"]
 
