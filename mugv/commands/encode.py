@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--limit", type=int, default=0, help="encode at most this many clips (0: all)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    parser.add_argument("--aspect", default="overall",
+                        help="preference manifests with an `aspect` column: encode this judged aspect's rows "
+                             "(default: overall)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         sample_posterior=args.sample_posterior,
         vae_tile=args.vae_tile, shard_size=args.shard_size, latent_dtype=args.latent_dtype, workers=args.workers,
         device=args.device, strict=args.strict, progress=not args.no_progress, limit=args.limit,
+        aspect=args.aspect,
     )
     summary = run_encode(opts)
     print(f"mugv encode: {summary.format()} -> {args.out}")

@@ -71,6 +71,7 @@ class EncodeOptions:
     progress: bool = True
     limit: int = 0  # encode at most this many rows (0: all)
     seed: int = 0
+    aspect: str = "overall"  # preference manifests: the judged aspect whose rows are encoded
 
 
 @dataclass
@@ -359,7 +360,7 @@ def run_encode(opts: EncodeOptions) -> EncodeSummary:
 
     check_options(opts)
     if is_preference_manifest(opts.manifest):  # docs/preference.md: pairs or labelled samples
-        rows, others = read_preference_manifest(opts.manifest)[1], 0
+        rows, others = read_preference_manifest(opts.manifest, opts.aspect)[1], 0
     else:
         rows, others = read_manifest(opts.manifest)
     if not rows:

@@ -37,8 +37,10 @@ def is_preference_manifest(path: str) -> bool:
         return "prompt" in pq.read_schema(f).names
 
 
-def read_preference_manifest(path: str) -> tuple[str, list[dict[str, Any]]]:
-    """("pair" | "unpaired", rows with their paths made absolute and a `key`)."""
+def read_preference_manifest(path: str, aspect: str = "overall") -> tuple[str, list[dict[str, Any]]]:
+    """("pair" | "unpaired", rows with their paths made absolute and a `key`). Rows that carry an
+    `aspect` (the annotation export writes one pair per judged aspect) are kept for `aspect` only, so
+    that a pair judged on several aspects is not trained on several times; rows without one are kept."""
     from mugv.data.encode import EncodeError
 
     fs, p = split_url(path)
@@ -58,6 +60,11 @@ def read_preference_manifest(path: str) -> tuple[str, list[dict[str, Any]]]:
             rows = pq.read_table(f).to_pylist()
     if not rows:
         raise EncodeError(f"{path} holds no preference rows")
+    judged = sorted({str(row["aspect"]) for row in rows if row.get("aspect") is not None})
+    if judged:
+        if aspect not in judged:
+            raise EncodeError(f"{path} has no rows for aspect {aspect!r} (--aspect); its aspects: {', '.join(judged)}")
+        rows = [row for row in rows if row.get("aspect") in (None, aspect)]
     columns = set(rows[0])
     if set(PAIR_COLUMNS) <= columns:
         kind, clips = "pair", ("chosen", "rejected")
@@ -90,7 +97,7 @@ def encode_preference_worker(opts, worker: int, workers: int, progress_queue: An
     from mugv.models.text import with_aesthetic
 
     summary = EncodeSummary()
-    kind, rows = read_preference_manifest(opts.manifest)
+    kind, rows = read_preference_manifest(opts.manifest, opts.aspect)
     todo = worker_share(opts, rows, "key", worker, workers, summary, progress_queue)
     if not todo:
         return summary

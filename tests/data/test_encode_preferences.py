@@ -3,6 +3,7 @@ shards, buckets, data-parallel splitting and resume, and a DPO step trains on it
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mugv.cli import main
 from mugv.config import load_config
 from mugv.data.buckets import parse_buckets
 from mugv.data.encode import EncodeError, EncodeOptions, run_encode
+from mugv.data.encode_preferences import read_preference_manifest
 from mugv.data.loader import ShardSource
 from mugv.data.preference import REFERENCE_ERRORS_NAME, PreferenceBatch
 from mugv.data.shards import ShardStore, read_index
@@ -38,7 +40,7 @@ def exports(tmp_path_factory):
     for i in range(6):
         clip(d / "videos" / f"v{i}.mp4", 10, i)
     pairs = [{"prompt": f"a red square moves {side}", "chosen": f"videos/v{2 * i}.mp4",
-              "rejected": f"videos/v{2 * i + 1}.mp4", "aspect": "motion"}
+              "rejected": f"videos/v{2 * i + 1}.mp4", "aspect": "overall"}
              for i, side in enumerate(["left", "up", "down"])]
     pairs.append({"prompt": "a lost clip", "chosen": "videos/gone.mp4", "rejected": "videos/v0.mp4"})
     (d / "dpo.jsonl").write_text("\n".join(json.dumps(r) for r in pairs) + "\n")
@@ -119,6 +121,20 @@ def test_unpaired_labels_are_kept_and_a_bad_manifest_is_named(exports, tiny_t5, 
     bad.write_text(json.dumps({"prompt": "x", "video": "a.mp4"}) + "\n")
     with pytest.raises(EncodeError, match="bad.jsonl is not a preference manifest"):
         run_encode(options(bad, tmp_path / "bad", tiny_t5))
+
+
+def test_only_the_asked_aspect_of_a_multi_aspect_export_is_encoded(tmp_path):
+    """The annotation export writes one pair per judged aspect: a pair is trained on once, not once per aspect."""
+    rows = [{"prompt": "p", "chosen": f"c{i}.mp4", "rejected": f"r{i}.mp4", "aspect": aspect}
+            for i, aspect in enumerate(["overall", "motion", "overall", "text"])]
+    rows.append({"prompt": "p", "chosen": "plain.mp4", "rejected": "other.mp4"})  # no aspect: always kept
+    manifest = tmp_path / "dpo.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    chosen = lambda aspect: [Path(r["chosen"]).name for r in read_preference_manifest(str(manifest), aspect)[1]]
+    assert chosen("overall") == ["c0.mp4", "c2.mp4", "plain.mp4"]
+    assert chosen("motion") == ["c1.mp4", "plain.mp4"]
+    with pytest.raises(EncodeError, match="no rows for aspect 'visual'.*overall, text"):
+        read_preference_manifest(str(manifest), "visual")
 
 
 def test_a_recorded_reference_trains_like_a_frozen_copy(exports, tiny_t5, tmp_path):
