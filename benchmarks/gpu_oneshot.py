@@ -47,6 +47,7 @@ from mugv.kernels import reference as ref_kernels  # noqa: E402
 from mugv.models.dit.config import DiTConfig  # noqa: E402
 from mugv.models.dit.model import MUGDiT  # noqa: E402
 from mugv.models.dit.rope import rope_angles  # noqa: E402
+from mugv.models.vae.precision import tf32_switches, vae_precision  # noqa: E402
 from mugv.train.metrics import batch_train_flops  # noqa: E402
 from mugv.train.objectives import ConditioningPolicy, FlowMatchingObjective  # noqa: E402
 
@@ -73,6 +74,7 @@ class Shapes:
     vae_preset: str
     vae_frames: int
     vae_hw: tuple[int, int]
+    vae_tile: tuple[int, int]  # tile size and overlap in pixels of the tiled variant
     gemm: int
     copy_bytes: int
     numerics_tokens: int
@@ -86,10 +88,12 @@ class Shapes:
 
 FULL = Shapes(preset="10b", layers=4, latent=(14, 90, 160), latent_480p=(14, 60, 106), text_tokens=300, text_real=120,
               attn_heads=48, attn_tokens=50402, attn_tokens_360p=12322, ulysses_heads=6, vae_preset="mugv",
-              vae_frames=17, vae_hw=(720, 1280), gemm=8192, copy_bytes=4 << 30, numerics_tokens=4096, reps=3)
+              vae_frames=17, vae_hw=(720, 1280), vae_tile=(512, 64), gemm=8192, copy_bytes=4 << 30,
+              numerics_tokens=4096, reps=3)
 SMOKE = Shapes(preset="debug", layers=2, latent=(2, 8, 8), latent_480p=(2, 6, 8), text_tokens=8, text_real=5,
                attn_heads=2, attn_tokens=66, attn_tokens_360p=34, ulysses_heads=1, vae_preset="tiny",
-               vae_frames=9, vae_hw=(32, 32), gemm=128, copy_bytes=1 << 20, numerics_tokens=34, reps=1)
+               vae_frames=9, vae_hw=(32, 32), vae_tile=(16, 8), gemm=128, copy_bytes=1 << 20, numerics_tokens=34,
+               reps=1)
 
 
 class Bench:
@@ -233,7 +237,7 @@ def part_environment(bench: Bench) -> None:
                    cuda_init_s=round(time.perf_counter() - t0, 2))
         env["sdp_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
                               for name in ("flash", "mem_efficient", "cudnn", "math")}
-        env["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+        env["tf32"] = {key: getattr(owner, attr) for key, (owner, attr, _, _) in zip(("matmul", "cudnn"), tf32_switches())}
         try:
             env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                            capture_output=True, text=True, timeout=10).stdout.strip()
@@ -671,32 +675,54 @@ VAE_TFLOP_PER_FRAME = {"encode": 5.45, "decode": 11.5}  # mugv preset at 720x128
 
 
 def part_vae(bench: Bench) -> None:
+    """Encode and decode through `mugv.models.vae.precision.vae_precision`, the context `mugv
+    encode` and `mugv generate` run the VAE in: float32 weights, the precision chosen per call.
+    Every variant decodes the fp32 variant's latents; errors are against the fp32 variant
+    (random weights, which amplify rounding more than trained ones)."""
     from mugv.models.vae.config import VAEConfig
     from mugv.models.vae.model import MUGVideoVAE
 
     s = bench.shapes
-    variants = [("fp32_untiled", torch.float32, 0, False)]
-    if bench.cuda:
-        variants += [("bf16_untiled", torch.bfloat16, 0, False), ("bf16_tiled", torch.bfloat16, 512, False),
-                     ("bf16_untiled_cudnn_benchmark", torch.bfloat16, 0, True)]
-    for name, dtype, tile, benchmark_mode in variants:
+    tile, overlap = s.vae_tile
+    # (name, precision, tile size, cudnn.benchmark), by value: a timeout loses the last ones
+    variants = [("fp32_untiled", "fp32", 0, False), ("bf16_untiled", "bf16", 0, False),
+                ("tf32_untiled", "tf32", 0, False), ("bf16_tiled", "bf16", tile, False),
+                ("bf16_untiled_cudnn_benchmark", "bf16", 0, True)]
+    torch.manual_seed(0)
+    with torch.device(bench.device):  # initialised where it runs: seconds, not a minute, for 0.4 B parameters
+        vae = MUGVideoVAE(VAEConfig.from_preset(s.vae_preset)).eval()
+    vae.cfg.tile_overlap = overlap
+    video = rand(1, 3, s.vae_frames, *s.vae_hw, device=bench.device).clamp(-1, 1)
+    reference: dict[str, torch.Tensor] = {}
+    benchmark_mode = torch.backends.cudnn.benchmark
+    for name, precision, tile_size, cudnn_benchmark in variants:
         with bench.variant("P4", name, need_s=20) as ok:
             if ok is None:
                 continue
-            cfg = VAEConfig.from_preset(s.vae_preset)
-            cfg.tile_size, cfg.tile_overlap = tile, 64
-            torch.backends.cudnn.benchmark = benchmark_mode
-            vae = MUGVideoVAE(cfg).to(bench.device, dtype).eval()
-            video = rand(1, 3, s.vae_frames, *s.vae_hw, device=bench.device, dtype=dtype).clamp(-1, 1)
-            row = {"variant": name, "frames": s.vae_frames, "hw": list(s.vae_hw)}
+            vae.cfg.tile_size = tile_size
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+            row = {"variant": name, "precision": precision, "tile": tile_size, "frames": s.vae_frames,
+                   "hw": list(s.vae_hw)}
+            reps = 2 if bench.cuda else 1
             with torch.inference_mode():
-                bench.reset_memory()
-                t_enc = bench.timed(lambda: vae.encode(video), warmup=1, reps=2 if bench.cuda else 1)
-                row["enc_peak_gib"] = round(bench.peak_gib()[0], 2)
-                z = vae.encode(video)
-                bench.reset_memory()
-                t_dec = bench.timed(lambda: vae.decode(z, s.vae_frames), warmup=1, reps=2 if bench.cuda else 1)
-                row["dec_peak_gib"] = round(bench.peak_gib()[0], 2)
+                with vae_precision(precision, bench.device):
+                    bench.reset_memory()
+                    t_enc = bench.timed(lambda: vae.encode(video), warmup=1, reps=reps)
+                    row["enc_peak_gib"] = round(bench.peak_gib()[0], 2)
+                    z = vae.encode(video)
+                    z_in = reference.get("z", z)
+                    bench.reset_memory()
+                    t_dec = bench.timed(lambda: vae.decode(z_in, s.vae_frames), warmup=1, reps=reps)
+                    row["dec_peak_gib"] = round(bench.peak_gib()[0], 2)
+                    pixels = vae.decode(z_in, s.vae_frames)
+            row["latent_dtype"], row["pixel_dtype"] = str(z.dtype)[6:], str(pixels.dtype)[6:]
+            if name == "fp32_untiled":
+                reference.update(z=z, pixels=pixels, enc_ms=t_enc["median"], dec_ms=t_dec["median"])
+            if reference:
+                row["latent_rel_err_vs_fp32"] = rel_err(z, reference["z"])
+                row["pixel_rel_err_vs_fp32"] = rel_err(pixels, reference["pixels"])
+                row["enc_speedup_vs_fp32"] = round(reference["enc_ms"] / t_enc["median"], 3)
+                row["dec_speedup_vs_fp32"] = round(reference["dec_ms"] / t_dec["median"], 3)
             row["enc_fps"] = round(s.vae_frames / (t_enc["median"] / 1e3), 2)
             row["dec_fps"] = round(s.vae_frames / (t_dec["median"] / 1e3), 2)
             if s.vae_preset == "mugv":
@@ -704,9 +730,11 @@ def part_vae(bench: Bench) -> None:
                 row["tflops_dec"] = round(row["dec_fps"] * VAE_TFLOP_PER_FRAME["decode"], 1)
                 row["extrap_121_frames_s"] = round(121 / row["enc_fps"] + 121 / row["dec_fps"], 1)
             bench.record("vae", row)
-            bench.log(f"P4 {name}: encode {row['enc_fps']} frames/s, decode {row['dec_fps']} frames/s")
-            torch.backends.cudnn.benchmark = False
-            del vae
+            bench.log(f"P4 {name}: encode {row['enc_fps']} frames/s ({row.get('enc_speedup_vs_fp32')}x fp32), "
+                      f"decode {row['dec_fps']} frames/s ({row.get('dec_speedup_vs_fp32')}x fp32)")
+            del z, pixels
+    torch.backends.cudnn.benchmark = benchmark_mode
+    del vae, video, reference
 
 
 # ------------------------------------------------------------------------------------------------
@@ -845,7 +873,8 @@ def write_summary(bench: Bench) -> None:
         lines.append(f"generation {row['res']}: {row['step_ms']} ms/step ({row['layers']} layers), "
                      f"10B ~{row['extrap_10b_step_s']} s/step")
     for row in r["vae"]:
-        lines.append(f"VAE {row['variant']}: encode {row['enc_fps']} f/s, decode {row['dec_fps']} f/s")
+        lines.append(f"VAE {row['variant']}: encode {row['enc_fps']} f/s ({row.get('enc_speedup_vs_fp32')}x fp32), "
+                     f"decode {row['dec_fps']} f/s ({row.get('dec_speedup_vs_fp32')}x fp32)")
     for row in r["kernels"]:
         lines.append(f"kernel {row['name']}/{row['impl']}: {row['gbps']} GB/s ({row['pct_copy']} % of copy)")
     lines.append(f"errors: {len(r['errors'])}, skipped: {len(r['skipped'])}")

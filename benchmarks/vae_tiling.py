@@ -2,9 +2,10 @@
 
     python benchmarks/vae_tiling.py                      # tiny preset, CPU-sized clip
     python benchmarks/vae_tiling.py --preset mugv --frames 49 --height 720 --width 1280 \
-        --tile-size 512 --tile-overlap 128 --dtype bf16  # on a GPU
+        --tile-size 512 --tile-overlap 128 --precision bf16  # on a GPU
 
-Random weights (throughput does not depend on them). Prints frames/s for both paths, the
+Random weights (throughput does not depend on them); `--precision` as `mugv encode --vae-precision`
+(the same context, mugv/models/vae/precision.py). Prints frames/s for both paths, the
 tiled/untiled ratio, and the peak memory of each path (CUDA) so the memory saving is visible.
 """
 
@@ -16,7 +17,9 @@ import time
 
 import torch
 
+from mugv.config import VAE_PRECISIONS
 from mugv.models.vae import MUGVideoVAE, VAEConfig
+from mugv.models.vae.precision import vae_precision
 
 
 def timed(fn, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -49,25 +52,24 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=128)
     parser.add_argument("--tile-overlap", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--precision", choices=VAE_PRECISIONS, default="fp32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.manual_seed(0)
     cfg = VAEConfig.from_preset(args.preset)
-    untiled = MUGVideoVAE(dataclasses.replace(cfg, tile_size=0)).to(device, dtype).eval()
+    untiled = MUGVideoVAE(dataclasses.replace(cfg, tile_size=0)).to(device).eval()
     tiled = MUGVideoVAE(dataclasses.replace(cfg, tile_size=args.tile_size, tile_overlap=args.tile_overlap))
-    tiled = tiled.to(device, dtype).eval()
+    tiled = tiled.to(device).eval()
     tiled.load_state_dict(untiled.state_dict())
-    video = torch.rand(1, 3, args.frames, args.height, args.width, device=device, dtype=dtype) * 2 - 1
+    video = torch.rand(1, 3, args.frames, args.height, args.width, device=device) * 2 - 1
 
     print(
-        f"VAE preset {args.preset}, {args.frames} x {args.height} x {args.width}, {args.dtype}, {device}; "
+        f"VAE preset {args.preset}, {args.frames} x {args.height} x {args.width}, {args.precision}, {device}; "
         f"tiles {args.tile_size} px overlapping {args.tile_overlap} px"
     )
-    with torch.inference_mode():
+    with torch.inference_mode(), vae_precision(args.precision, device):
         z = untiled.encode(video)
         results = {}
         for name, model in (("untiled", untiled), ("tiled", tiled)):

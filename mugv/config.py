@@ -43,6 +43,10 @@ class _CliText(str):
 # The release's sampling defaults, for every sampler mugv configures (generation, training samples, the demo).
 DEFAULT_STEPS = 25
 DEFAULT_CFG_SCALE = 4.0
+# What the VAE computes in at inference (encode, generate, training's samples); what each
+# does: mugv/models/vae/precision.py.
+VAEPrecision = Literal["auto", "fp32", "tf32", "bf16"]
+VAE_PRECISIONS: tuple[str, ...] = typing.get_args(VAEPrecision)
 
 NEGATIVE_PROMPT = (
     "ugly, blurry, lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, "
@@ -290,6 +294,7 @@ class SamplingConfig:
     prompts: list[str] = field(default_factory=list)
     vae: str = ""  # VAE weights to decode with
     vae_preset: str = "tiny"
+    vae_precision: VAEPrecision = "auto"  # auto, fp32, tf32, bf16 (mugv/models/vae/precision.py)
     text_encoder: Literal["minilm", "t5"] = "minilm"
     text_encoder_path: str = ""
     height: int = 64

@@ -37,3 +37,16 @@ def test_unknown_part_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--out", str(tmp_path), "--parts", "P9"])
     assert "unknown parts ['P9']" in capsys.readouterr().err
+
+
+def test_smoke_vae_part_times_every_precision_through_the_vae_precision_context(tmp_path):
+    bench = load_script()
+    assert bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--parts", "P4"]) == 0
+    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert result["errors"] == []
+    rows = {row["variant"]: row for row in result["vae"]}
+    assert list(rows) == ["fp32_untiled", "bf16_untiled", "tf32_untiled", "bf16_tiled", "bf16_untiled_cudnn_benchmark"]
+    assert {row["latent_dtype"] for row in rows.values()} == {row["pixel_dtype"] for row in rows.values()} == {"float32"}
+    assert rows["tf32_untiled"]["latent_rel_err_vs_fp32"] == 0.0  # TF32 switches do nothing on the CPU
+    assert rows["bf16_untiled"]["latent_rel_err_vs_fp32"] > 0.0  # autocast ran
+    assert rows["bf16_tiled"]["tile"] > 0 and rows["fp32_untiled"]["enc_speedup_vs_fp32"] == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mugv.config import VAE_PRECISIONS
 from mugv.errors import ConfigError
 
 
@@ -33,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--also-images", action="store_true",
                         help="also store each clip's middle frame as an image sample (needs 1-frame buckets)")
     parser.add_argument("--vae-tile", type=int, default=0, help="spatial tile size in pixels (0: untiled)")
+    parser.add_argument("--vae-precision", choices=VAE_PRECISIONS, default="auto",
+                        help="VAE compute precision: fp32, tf32, bf16 (autocast) or auto: bf16 on CUDA, fp32 on CPU; "
+                        "latents are float32 either way (docs/vae.md)")
     parser.add_argument("--shard-size", type=int, default=64, help="samples per shard")
     parser.add_argument("--latent-dtype", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--workers", type=int, default=1, help="encoding processes")
@@ -48,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from mugv.data.buckets import default_buckets, parse_buckets
-    from mugv.data.encode import EncodeOptions, run_encode
+    from mugv.data.encode import EncodeOptions, check_options, run_encode
+    from mugv.models.vae.precision import describe_vae_precision
+    from mugv.utils.device import resolve_device
 
     try:
         buckets = parse_buckets(args.buckets) if args.buckets else default_buckets()
@@ -60,10 +66,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         aesthetic=None if args.aesthetic < 0 else args.aesthetic, vae_preset=args.vae_preset,
         vae_weights=args.vae_weights, random_vae=args.random_vae, also_images=args.also_images,
         sample_posterior=args.sample_posterior,
-        vae_tile=args.vae_tile, shard_size=args.shard_size, latent_dtype=args.latent_dtype, workers=args.workers,
+        vae_tile=args.vae_tile, vae_precision=args.vae_precision, shard_size=args.shard_size,
+        latent_dtype=args.latent_dtype, workers=args.workers,
         device=args.device, strict=args.strict, progress=not args.no_progress, limit=args.limit,
         aspect=args.aspect,
     )
+    check_options(opts)  # before the log line, so that a bad option is the first thing said
+    print(f"mugv encode: {describe_vae_precision(opts.vae_precision, resolve_device(opts.device))}")
     summary = run_encode(opts)
     print(f"mugv encode: {summary.format()} -> {args.out}")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugv.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS
+from mugv.config import DEFAULT_CFG_SCALE, DEFAULT_STEPS, VAE_PRECISIONS
 from mugv.infer.pipeline import (
     ASPECT_RATIOS,
     RESOLUTIONS,
@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--dit", required=True, help="DiT weights: our .safetensors, a checkpoint folder, or MUG-V dit.pt")
     src.add_argument("--vae", required=True, help="VAE weights: our .safetensors or MUG-V vae.pt")
     src.add_argument("--vae-preset", default="mugv", help="VAE size preset (default: mugv, the published size)")
+    src.add_argument("--vae-precision", choices=VAE_PRECISIONS, default="auto",
+                     help="VAE compute precision: fp32, tf32, bf16 (autocast) or auto: bf16 on CUDA, fp32 on CPU "
+                     "(docs/vae.md)")
     src.add_argument("--lora", default="", help="a LoRA adapter saved by training (lora.safetensors) to apply")
     src.add_argument("--text-encoder", default="t5", choices=["t5", "minilm"], help="text encoder (default: t5)")
     src.add_argument("--text-encoder-path", default="", help="local folder of the text encoder (T5 needs one)")
@@ -183,6 +186,7 @@ def load_generator(args: argparse.Namespace):
     from mugv.models.registry import build_model, family_of
     from mugv.models.text.encoders import build_text_encoder
     from mugv.models.vae.config import VAEConfig
+    from mugv.models.vae.precision import describe_vae_precision
     from mugv.utils.device import resolve_device
 
     device = resolve_device(args.device)
@@ -202,7 +206,10 @@ def load_generator(args: argparse.Namespace):
     encoder = build_text_encoder(args.text_encoder, args.text_encoder_path, max_tokens=dit.cfg.max_text_tokens,
                                  dtype="bf16" if device.type == "cuda" else "fp32",
                                  device="cpu" if args.offload else str(device))
-    return VideoGenerator(dit, vae, encoder, flow=flow, device=device, offload=args.offload)
+    generator = VideoGenerator(dit, vae, encoder, flow=flow, device=device, offload=args.offload,
+                               vae_precision=args.vae_precision)
+    print(f"mugv generate: {describe_vae_precision(args.vae_precision, device)}")
+    return generator
 
 
 def training_flow_config(dit: Path):

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mugv.config import VAEPrecision
 from mugv.data.buckets import Bucket, assign_bucket, default_buckets
 from mugv.data.shards import INDEX_NAME, REPORT_NAME, ShardWriter, list_sidecars, split_url, write_index
 from mugv.errors import MugvError
@@ -63,6 +64,7 @@ class EncodeOptions:
     sample_posterior: bool = False  # the release samples; the default is the posterior mode
     also_images: bool = False  # also store each video clip's middle frame as an image sample
     vae_tile: int = 0
+    vae_precision: VAEPrecision = "auto"  # what the VAE computes in (mugv/models/vae/precision.py)
     shard_size: int = 64
     latent_dtype: str = "bf16"
     workers: int = 1
@@ -100,7 +102,8 @@ class EncodeSummary:
 
 
 class VAELatentEncoder:
-    """The MUG-V VAE: `encode` returns `(z - mean) / std` once; the mode unless sampling."""
+    """The MUG-V VAE: `encode` returns `(z - mean) / std` once, in float32 whatever the compute
+    precision; the mode unless sampling."""
 
     def __init__(self, opts: EncodeOptions, cfg: Any = None):
         from mugv.models.vae import MUGVideoVAE, VAEConfig
@@ -119,11 +122,16 @@ class VAELatentEncoder:
         self.vae.to(self.device).eval()
         self.latent_channels = cfg.latent_channels
         self.sample = opts.sample_posterior
+        self.precision = opts.vae_precision
         self.generator = torch.Generator(device=self.device).manual_seed(opts.seed)
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels.to(self.device), sample=self.sample, generator=self.generator).float().cpu()
+        from mugv.models.vae.precision import vae_precision
+
+        with vae_precision(self.precision, self.device):
+            latents = self.vae.encode(pixels.to(self.device), sample=self.sample, generator=self.generator)
+        return latents.float().cpu()
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,13 +352,14 @@ def check_options(opts: EncodeOptions) -> None:
     """The options' names and files, checked before any clip or model is loaded."""
     from mugv.models.text.encoders import text_encoder_folder
     from mugv.models.vae import VAEConfig
+    from mugv.models.vae.precision import resolve_vae_precision
     from mugv.utils.device import resolve_device
 
     VAEConfig.from_preset(opts.vae_preset)
     if opts.vae_weights and not Path(opts.vae_weights).is_file():
         raise EncodeError(f"VAE weights not found: {opts.vae_weights}")
     text_encoder_folder(opts.text_encoder, opts.text_encoder_path)
-    resolve_device(opts.device)
+    resolve_vae_precision(opts.vae_precision, resolve_device(opts.device))
 
 
 def run_encode(opts: EncodeOptions) -> EncodeSummary:

@@ -23,6 +23,7 @@ from mugv.flow import CFGVelocity, euler_sample, sampling_sigmas, shift_ratio
 from mugv.models.dit.model import MUGDiT
 from mugv.models.text.encoders import TextEmbeddings, with_aesthetic
 from mugv.models.vae.model import MUGVideoVAE
+from mugv.models.vae.precision import resolve_vae_precision, vae_precision
 from mugv.utils.device import visiting
 from mugv.video.tensors import to_model_pixels, to_uint8
 
@@ -120,7 +121,9 @@ class VideoGenerator:
     """Owns a DiT, a VAE and a text encoder (anything with `encode(prompts) -> TextEmbeddings`).
 
     `offload=True` keeps the text encoder and the VAE on the CPU except while they run, so the
-    DiT has the accelerator's memory to itself.
+    DiT has the accelerator's memory to itself. `vae_precision` (auto, fp32, tf32, bf16;
+    mugv/models/vae/precision.py) is what the VAE computes in; its latents and pixels are
+    float32 either way.
     """
 
     def __init__(
@@ -133,8 +136,10 @@ class VideoGenerator:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         offload: bool = False,
+        vae_precision: str = "auto",
     ):
         self.device = torch.device(device)
+        self.vae_precision = resolve_vae_precision(vae_precision, self.device)
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.flow = flow or FlowConfig()
         self.offload = offload
@@ -186,7 +191,7 @@ class VideoGenerator:
             given = fill_crop(request.image[None], request.height, request.width)
         else:
             given = fill_crop(request.video[: request.continue_frames], request.height, request.width)
-        with self._on_device(self.vae), torch.no_grad():
+        with self._on_device(self.vae), torch.no_grad(), vae_precision(self.vae_precision, self.device):
             clean = self.vae.encode(to_model_pixels(given).to(self.device))
         lead = clean.shape[2]
         cond = torch.zeros(1, c, t, h, w, device=self.device, dtype=torch.float32)
@@ -224,7 +229,7 @@ class VideoGenerator:
         latents = euler_sample(velocity, noise, sampling_sigmas(request.steps, ratio), cond_latents=cond,
                                frame_mask=frame_mask if cond is not None else None, progress=progress)
 
-        with self._on_device(self.vae):
+        with self._on_device(self.vae), vae_precision(self.vae_precision, self.device):
             video = self.vae.decode(latents.to(self.device), num_frames=request.num_frames)[0].float()
         frames = to_uint8(video)
         if given is not None:

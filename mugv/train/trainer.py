@@ -74,7 +74,7 @@ def build_sample_renderer(cfg: RunConfig, model: MUGDiT, device: torch.device):
     vae_adapters.load_into(vae, vae_adapters.read_state_dict(s.vae))
     encoder = build_text_encoder(s.text_encoder, s.text_encoder_path, max_tokens=cfg.model.max_text_tokens)
     generator = VideoGenerator(model, vae, encoder, flow=cfg.flow, device=device,
-                               dtype=next(model.parameters()).dtype)
+                               dtype=next(model.parameters()).dtype, vae_precision=s.vae_precision)
     template = GenerationRequest(prompt="-", height=s.height, width=s.width, num_frames=s.frames, fps=s.fps,
                                  steps=s.steps, cfg_scale=s.cfg_scale)
     return SampleRenderer(generator, s.prompts, s.every_steps, cfg.resolved_run_dir, template,

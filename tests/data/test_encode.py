@@ -150,6 +150,26 @@ def test_encoded_latents_are_normalised_once(tmp_path):
     assert_close_to_scale(z, (raw - mean) / std)
 
 
+def test_the_vae_precision_changes_the_compute_not_the_latents_dtype(tmp_path):
+    """bf16 latents are float32, near the fp32 ones; an unknown precision is refused up front."""
+    from mugv.data.encode import check_options
+    from mugv.errors import ConfigError
+
+    pixels = to_pixels(np.random.default_rng(4).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8))
+    latents = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        opts = EncodeOptions(manifest="", out=str(tmp_path), vae_preset="tiny", random_vae=True,
+                             vae_precision=precision)
+        latents[precision] = VAELatentEncoder(opts).encode(pixels)
+    assert latents["bf16"].dtype == latents["fp32"].dtype == torch.float32
+    assert not torch.equal(latents["bf16"], latents["fp32"])
+    # random weights amplify bf16 rounding (about 5 % of scale; tests/vae/test_precision.py)
+    assert_close_to_scale(latents["bf16"], latents["fp32"], rel=0.1)
+    with pytest.raises(ConfigError, match="vae_precision = 'fp16'"):
+        check_options(EncodeOptions(manifest="", out=str(tmp_path), vae_precision="fp16"))
+
+
 def test_encode_cli_and_strict(manifest, tiny_t5, tmp_path, capsys):
     out = tmp_path / "cli"
     common = [str(manifest), "--out", str(out), "--buckets", BUCKETS, "--text-encoder", "t5", "--text-encoder-path",
@@ -158,7 +178,8 @@ def test_encode_cli_and_strict(manifest, tiny_t5, tmp_path, capsys):
     assert "gone-0000" in capsys.readouterr().err  # the first bad row stops a strict run, by name
     with pytest.warns(UserWarning):
         assert main(["encode", *common, "--shard-size", "2", "--also-images"]) == 0
-    assert "encoded 3 clip(s) into 3 new shard(s)" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "encoded 3 clip(s) into 3 new shard(s)" in said and "VAE precision: fp32 (auto on cpu)" in said
     records = {r["key"]: r for r in read_index(str(out))}
     assert len(records) == 6  # each clip as a video and its middle frame as an image
     image = records["wide-0000:image"]

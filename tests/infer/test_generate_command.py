@@ -41,9 +41,10 @@ def test_text_and_image_to_video_write_mp4s(models, tmp_path, capsys):
     root, common = models
     assert main(["generate", *common, "--prompt", "a red car", "--out", str(tmp_path / "t2v.mp4")]) == 0
     assert main(["generate", *common, "--prompt", "a red car", "--image", str(root / "ref.png"),
-                 "--out", str(tmp_path / "i2v.mp4")]) == 0
+                 "--vae-precision", "bf16", "--out", str(tmp_path / "i2v.mp4")]) == 0
     out = capsys.readouterr().out
     assert "(T2V, 9 frames 48x32 at 12 fps)" in out and "(I2V, 9 frames" in out
+    assert "VAE precision: fp32 (auto on cpu)" in out and "VAE precision: bf16 (as asked)" in out
     assert frame_count(tmp_path / "t2v.mp4") == 9 and frame_count(tmp_path / "i2v.mp4") == 9
 
 

@@ -24,6 +24,8 @@ tiled in space, normalised latents).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,6 +68,35 @@ class DiagonalGaussian:
 
 
 # --------------------------------------------------------------------------------------------
+# Precision under autocast (mugv/models/vae/precision.py chooses it)
+# --------------------------------------------------------------------------------------------
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm whose statistics are taken in float32 and whose output has the input's dtype.
+
+    Under bf16 autocast a group's mean and variance span thousands of values; CUDA autocast runs
+    `group_norm` in float32 but returns float32 (the next conv rounds it to bf16 anyway), CPU
+    autocast runs it in bf16. This does the same on every device. Identical to nn.GroupNorm in
+    float32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def _float32(layers: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """`layers(x)` in float32 when autocast is on, as it is otherwise. For the layers whose
+    rounding would reach the VAE's output unfiltered: the latent moments and the output pixels
+    (cheap: few output channels)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return layers(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return layers(x.float())
+
+
+# --------------------------------------------------------------------------------------------
 # Spatial stage (2D, per frame)
 # --------------------------------------------------------------------------------------------
 
@@ -73,9 +104,9 @@ class DiagonalGaussian:
 class ResBlock2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=SPATIAL_NORM_EPS)
+        self.norm1 = GroupNorm32(groups, in_channels, eps=SPATIAL_NORM_EPS)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=SPATIAL_NORM_EPS)
+        self.norm2 = GroupNorm32(groups, out_channels, eps=SPATIAL_NORM_EPS)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
@@ -90,7 +121,7 @@ class SelfAttention2d(nn.Module):
 
     def __init__(self, channels: int, groups: int) -> None:
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=SPATIAL_NORM_EPS)
+        self.norm = GroupNorm32(groups, channels, eps=SPATIAL_NORM_EPS)
         self.q = nn.Linear(channels, channels)
         self.k = nn.Linear(channels, channels)
         self.v = nn.Linear(channels, channels)
@@ -187,14 +218,14 @@ class SpatialDecoder(nn.Module):
             )
             for i in range(len(channels))
         )
-        self.norm_out = nn.GroupNorm(cfg.spatial_groups, channels[-1], eps=SPATIAL_NORM_EPS)
+        self.norm_out = GroupNorm32(cfg.spatial_groups, channels[-1], eps=SPATIAL_NORM_EPS)
         self.conv_out = nn.Conv2d(channels[-1], cfg.in_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.mid(x)
         for level in self.levels:
             x = level(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return _float32(lambda h: self.conv_out(F.silu(self.norm_out(h))), x)
 
 
 class SpatialAutoencoder(nn.Module):
@@ -234,9 +265,9 @@ class ResBlock3d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, groups: int, upsample_time: bool = False) -> None:
         super().__init__()
         self.upsample_time = upsample_time
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=TEMPORAL_NORM_EPS)
+        self.norm1 = GroupNorm32(groups, in_channels, eps=TEMPORAL_NORM_EPS)
         self.conv1 = nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=TEMPORAL_NORM_EPS)
+        self.norm2 = GroupNorm32(groups, out_channels, eps=TEMPORAL_NORM_EPS)
         self.conv2 = nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False)
         self.skip = nn.Conv3d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else None
 
@@ -263,7 +294,7 @@ class TemporalEncoder(nn.Module):
         self.levels = nn.ModuleList(levels)
         self.downsample = nn.ModuleList(TimeDownsample3d(w) for w in widths[:-1])
         self.mid = nn.ModuleList(ResBlock3d(widths[-1], widths[-1], groups) for _ in range(n))
-        self.norm_out = nn.GroupNorm(groups, widths[-1], eps=TEMPORAL_NORM_EPS)
+        self.norm_out = GroupNorm32(groups, widths[-1], eps=TEMPORAL_NORM_EPS)
         self.conv_out = nn.Conv3d(widths[-1], 2 * cfg.latent_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -275,7 +306,7 @@ class TemporalEncoder(nn.Module):
                 x = self.downsample[i](x)
         for block in self.mid:
             x = block(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return _float32(lambda h: self.conv_out(F.silu(self.norm_out(h))), x)
 
 
 class TemporalDecoder(nn.Module):
@@ -299,7 +330,7 @@ class TemporalDecoder(nn.Module):
         self.upsample = nn.ModuleList(
             nn.Conv3d(w, 2 * w, 3, padding=1) if i >= 2 else nn.Identity() for i, w in enumerate(widths) if i >= 1
         )
-        self.norm_out = nn.GroupNorm(groups, widths[0], eps=TEMPORAL_NORM_EPS)
+        self.norm_out = GroupNorm32(groups, widths[0], eps=TEMPORAL_NORM_EPS)
         self.conv_out = nn.Conv3d(widths[0], cfg.spatial_latent_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -344,7 +375,7 @@ class TemporalAutoencoder(nn.Module):
         b, c, t, h, w = features.shape
         n = t // self.group
         groups = features.view(b, c, n, self.group, h, w).transpose(1, 2).reshape(b * n, c, self.group, h, w)
-        moments = self.quant_conv(self.encoder(groups))
+        moments = _float32(self.quant_conv, self.encoder(groups))
         return moments.view(b, n, -1, h, w).transpose(1, 2)
 
     def decode(self, z: Tensor) -> Tensor:
