@@ -130,19 +130,25 @@ def attach_reference_errors(root: str, records: list[dict[str, Any]]) -> bool:
 class SyntheticPreferences:
     """An in-memory pool of random preference samples (pairs, or unpaired with alternating labels),
     each with a fixed noise seed: a data source for tests and benchmarks. `reference_errors`, once
-    set (index -> value), travel with the samples."""
+    set (index -> value), travel with the samples. Data-parallel rank d of `dp_size` takes the d-th
+    `batch_size` samples of each global batch of dp_size x batch_size (a pair is one sample), so the
+    global batches are those of one process with dp_size x batch_size."""
 
-    def __init__(self, cfg: DataConfig, latent_channels: int, text_dim: int, paired: bool, seed: int = 0):
+    def __init__(self, cfg: DataConfig, latent_channels: int, text_dim: int, paired: bool, seed: int = 0,
+                 dp_rank: int = 0, dp_size: int = 1):
         self.cfg = cfg
         self.latent_channels = latent_channels
         self.text_dim = text_dim
         self.paired = paired
         self.seed = seed
-        self.position = 0
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.position = 0  # of the global batch
         self.reference_errors: dict[int, torch.Tensor] = {}
 
     def indices(self, start: int) -> list[int]:
-        return [(start + i) % self.cfg.num_samples for i in range(self.cfg.batch_size)]
+        """This rank's samples of the global batch that starts at sample `start`."""
+        first = start + self.dp_rank * self.cfg.batch_size
+        return [(first + i) % self.cfg.num_samples for i in range(self.cfg.batch_size)]
 
     def batch_at(self, start: int) -> PreferenceBatch:
         cfg, rows = self.cfg, self.indices(start)
@@ -171,11 +177,11 @@ class SyntheticPreferences:
 
     def next_batch(self) -> PreferenceBatch:
         batch = self.batch_at(self.position)
-        self.position += self.cfg.batch_size
+        self.position += self.dp_size * self.cfg.batch_size
         return batch
 
     def record_reference_errors(self, start: int, errors: torch.Tensor) -> None:
-        """Store the reference's errors of the batch that starts at sample `start`."""
+        """Store the reference's errors of this rank's part of the batch that starts at sample `start`."""
         for index, value in zip(self.indices(start), errors.detach().cpu()):
             self.reference_errors[index] = value
 

@@ -122,7 +122,8 @@ class Trainer:
             raise ConfigError("ema.* and lora.* are not supported with parallel.pp > 1: use FSDP / tensor / context "
                               "parallelism, or average checkpoints afterwards with `mugv ema ensemble`")
         self.curriculum = Curriculum(cfg)
-        self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy)
+        dp_group = self.dist.mesh["dp"].get_group() if self.dist and self.dist.dims.dp > 1 else None
+        self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy, dp_group)
         # made before parallelizing, so that a frozen copy is sharded like the model
         self.reference = build_reference(self.objective.reference, self.model)
         if self.dist:

@@ -79,7 +79,7 @@ class DriftFromReference:
     name = "drift"
     reference = ReferenceMode.FROZEN_COPY
 
-    def __init__(self, cfg, policy):
+    def __init__(self, cfg, policy, dp_group):
         self.flow = FlowMatchingObjective(cfg.flow, policy)
         self.policy = policy
         self.seen_references = []

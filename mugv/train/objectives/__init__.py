@@ -18,20 +18,22 @@ from mugv.train.objectives.preference import (
 )
 from mugv.train.objectives.reference import ReferenceModel, build_reference
 
-OBJECTIVES: dict[str, Callable[[RunConfig, ConditioningPolicy], Objective]] = {
-    "flow": lambda cfg, policy: FlowMatchingObjective(cfg.flow, policy),
-    "dpo": lambda cfg, policy: build_preference_objective(FlowDPOObjective, cfg, policy),
-    "kto": lambda cfg, policy: build_preference_objective(FlowKTOObjective, cfg, policy),
+# factory(cfg, policy, dp_group): dp_group = the process group of the data-parallel ranks that
+# together hold the global batch, or None (one process), for objectives with batch statistics
+OBJECTIVES: dict[str, Callable[[RunConfig, ConditioningPolicy, object], Objective]] = {
+    "flow": lambda cfg, policy, dp_group: FlowMatchingObjective(cfg.flow, policy),
+    "dpo": lambda cfg, policy, dp_group: build_preference_objective(FlowDPOObjective, cfg, policy, dp_group),
+    "kto": lambda cfg, policy, dp_group: build_preference_objective(FlowKTOObjective, cfg, policy, dp_group),
 }
 
 
-def build_objective(cfg: RunConfig, policy: ConditioningPolicy) -> Objective:
+def build_objective(cfg: RunConfig, policy: ConditioningPolicy, dp_group=None) -> Objective:
     try:
         factory = OBJECTIVES[cfg.train.objective]
     except KeyError:
         raise ConfigError(f"train.objective = {cfg.train.objective!r} is not an objective; known: "
                           f"{', '.join(OBJECTIVES)}") from None
-    return factory(cfg, policy)
+    return factory(cfg, policy, dp_group)
 
 
 __all__ = [

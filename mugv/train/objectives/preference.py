@@ -35,13 +35,23 @@ def dpo_loss(policy_chosen: torch.Tensor, reference_chosen: torch.Tensor, policy
     return -F.logsigmoid(logit), logit
 
 
+def global_sum(value: torch.Tensor, dp_group=None) -> torch.Tensor:
+    """The sum of a detached `value` over the data-parallel ranks (`dp_group`; None: this rank alone)."""
+    value = value.detach().clone()
+    if dp_group is not None:
+        torch.distributed.all_reduce(value, group=dp_group)
+    return value
+
+
 def kto_loss(policy_error: torch.Tensor, reference_error: torch.Tensor, desirable: torch.Tensor, beta: float,
-             lambda_d: float, lambda_u: float) -> tuple[torch.Tensor, torch.Tensor]:
+             lambda_d: float, lambda_u: float, dp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Flow-KTO loss and the reference point z, from (B,) velocity errors and (B,) labels.
-    g = e_ref - e_theta; z = the batch mean of g, detached and clamped at 0; desirable samples pay
-    lambda_d (1 - sigmoid(beta (g - z))), undesirable ones lambda_u (1 - sigmoid(beta (z - g)))."""
+    g = e_ref - e_theta; z = the batch mean of g (over the global batch: every rank of `dp_group`),
+    detached and clamped at 0; desirable samples pay lambda_d (1 - sigmoid(beta (g - z))),
+    undesirable ones lambda_u (1 - sigmoid(beta (z - g)))."""
     gap = reference_error - policy_error
-    z = gap.detach().mean().clamp(min=0)
+    totals = global_sum(torch.stack([gap.sum(), torch.tensor(float(gap.numel()), device=gap.device)]), dp_group)
+    z = (totals[0] / totals[1]).clamp(min=0)
     loss = torch.where(desirable, lambda_d * (1 - torch.sigmoid(beta * (gap - z))),
                        lambda_u * (1 - torch.sigmoid(beta * (z - gap))))
     return loss, z
@@ -87,11 +97,14 @@ class PreferenceObjective:
     name = "preference"
 
     def __init__(self, flow: FlowConfig, pref: PreferenceConfig, policy: ConditioningPolicy,
-                 reference: ReferenceMode):
+                 reference: ReferenceMode, dp_group=None):
         self.flow = flow
         self.pref = pref
         self.policy = policy
         self.reference = reference
+        # the data-parallel ranks that together hold the global batch (None: this process alone);
+        # KTO's reference point and its SFT term are means over the global batch
+        self.dp_group = dp_group
 
     def prepare(self, model, batch: PreferenceBatch, generator: torch.Generator) -> StepInputs:
         """Inputs for every clip (candidates order). Each sample's sigma, noise and conditioning come
@@ -179,10 +192,15 @@ class FlowKTOObjective(PreferenceObjective):
         e = self.errors(model, batch, generator, reference)
         desirable = batch.label.to(e.policy.device)
         p = self.pref
-        per_sample, z = kto_loss(e.policy, e.reference, desirable, p.beta, p.lambda_d, p.lambda_u)
+        per_sample, z = kto_loss(e.policy, e.reference, desirable, p.beta, p.lambda_d, p.lambda_u, self.dp_group)
         loss = per_sample.mean()
-        if p.sft_weight and desirable.any():
-            loss = loss + p.sft_weight * e.policy[desirable].mean()
+        if p.sft_weight:
+            # the mean over the global batch's desirable samples: data parallelism averages the
+            # ranks' gradients, so each rank weighs its sum by (ranks / desirable samples of all ranks)
+            ranks = 1 if self.dp_group is None else torch.distributed.get_world_size(self.dp_group)
+            count = global_sum(desirable.sum().float(), self.dp_group)
+            if count > 0:
+                loss = loss + p.sft_weight * e.policy[desirable].sum() * ranks / count
         gap = (e.reference - e.policy).detach()
         right = torch.where(desirable, gap > z, gap < z)
 
@@ -200,8 +218,9 @@ class FlowKTOObjective(PreferenceObjective):
         return ObjectiveOutput(loss=loss, per_sample=per_sample.detach(), metrics=metrics)
 
 
-def build_preference_objective(kind: type[PreferenceObjective], cfg, policy: ConditioningPolicy) -> PreferenceObjective:
+def build_preference_objective(kind: type[PreferenceObjective], cfg, policy: ConditioningPolicy,
+                               dp_group=None) -> PreferenceObjective:
     if cfg.parallel.pp > 1:  # the pipeline schedule computes the flow loss per microbatch, not a pair's
         raise ConfigError(f"train.objective = {kind.name!r} does not support parallel.pp > 1: use FSDP / tensor / "
                           "context parallelism")
-    return kind(cfg.flow, cfg.preference, policy, resolve_reference_mode(cfg.preference, cfg.lora.rank))
+    return kind(cfg.flow, cfg.preference, policy, resolve_reference_mode(cfg.preference, cfg.lora.rank), dp_group)

@@ -27,7 +27,12 @@ class ReferenceModel:
 
     def __call__(self, *args, **kwargs):
         with torch.no_grad(), self.context():
-            return self.module(*args, **kwargs)
+            out = self.module(*args, **kwargs)
+        if self.separate and hasattr(self.module, "reshard"):
+            # FSDP2 keeps the root's parameters gathered after a forward, for the backward that a
+            # frozen copy never runs: shard them again
+            self.module.reshard()
+        return out
 
 
 def build_reference(mode: ReferenceMode, model: nn.Module) -> ReferenceModel | None:
