@@ -26,6 +26,7 @@ from mugv.data.testing import write_random_shards
 from mugv.demo.corpus import CorpusSpec, build_corpus
 from mugv.demo.run import Demo, DemoError, DemoPlan
 from mugv.demo.world import render, split_scenes
+from mugv.distributed.checkpoint import read_tensor_set
 from mugv.train.checkpoint import latest_checkpoint
 from mugv.train.trainer import Trainer
 from mugv.utils.determinism import use_deterministic_algorithms
@@ -52,15 +53,21 @@ def twice(tmp_path: Path, data: Path, commands) -> list[Path]:
     return runs
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
-    first, second = load_file(a), load_file(b)
+def assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
     assert first.keys() == second.keys()
     differ = [k for k in first if not torch.equal(first[k], second[k])]
     assert not differ, f"{len(differ)} of {len(first)} tensors differ, e.g. {differ[:3]}"
 
 
-def final_weights(run_dir: Path) -> Path:
-    return latest_checkpoint(run_dir / "checkpoints") / "model.safetensors"
+def final_checkpoint(run_dir: Path) -> Path:
+    return latest_checkpoint(run_dir / "checkpoints")
+
+
+def final_weights(run_dir: Path, stage: str) -> dict[str, torch.Tensor]:
+    """The weights of the run's last checkpoint: the VAE trainer's file, the DiT trainer's DCP folder."""
+    if stage == "vae":
+        return load_file(final_checkpoint(run_dir) / "model.safetensors")
+    return read_tensor_set(final_checkpoint(run_dir))
 
 
 def test_vae_and_dit_training_are_bit_identical_run_to_run_wherever_files_live(tmp_path):
@@ -85,9 +92,10 @@ def test_vae_and_dit_training_are_bit_identical_run_to_run_wherever_files_live(t
 
     runs = twice(tmp_path, data, commands)
     for stage in ("vae", "dit"):
-        assert_same_weights(*(final_weights(r / stage) for r in runs))
-    rngs = [(final_weights(r / "dit").parent / "rng.safetensors").read_bytes() for r in runs]
-    assert rngs[0] == rngs[1]  # every generator the checkpoint saves, the global ones among them
+        assert_same_weights(*(final_weights(r / stage, stage) for r in runs))
+    for rng_file in ("rank_0", "dp_0"):  # every generator the checkpoint saves, the global ones among them
+        rngs = [(final_checkpoint(r / "dit") / "rng" / f"{rng_file}.safetensors").read_bytes() for r in runs]
+        assert rngs[0] == rngs[1], rng_file
 
 
 def test_the_same_frames_encode_to_the_same_bytes(tmp_path):

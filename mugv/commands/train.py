@@ -45,14 +45,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> int:
     try:
         return _train(cfg, trainer)
     finally:
-        if trainer.dist is not None:
-            trainer.dist.close()
+        trainer.runtime.close()
 
 
 def _train(cfg, trainer) -> int:
-    say = print if trainer.dist is None or trainer.dist.is_main else (lambda *a, **k: None)
+    runtime = trainer.runtime
+    say = print if runtime.is_main else (lambda *a, **k: None)
     params = cfg.model.num_params()
-    where = str(trainer.device) if trainer.dist is None else f"{trainer.dist.dims.describe()} ({trainer.device.type})"
+    where = str(trainer.device) if runtime.world_size == 1 else f"{runtime.dims.describe()} ({trainer.device.type})"
     say(f"mugv train: model {cfg.model.preset} ({params / 1e6:.2f} M parameters) on {where}, "
         f"{'bf16' if trainer.use_bf16 else 'fp32'}, run dir {cfg.resolved_run_dir}")
     history = trainer.fit()

@@ -1,6 +1,8 @@
-"""Distributed checkpoints (torch.distributed.checkpoint) that reshard, and MUG-V exports.
+"""Training checkpoints (torch.distributed.checkpoint, DCP) that reshard, and MUG-V exports.
 
-What is saved is always layout-independent: every parameter under its MUG-V name and in its
+Every training run writes this one format, one process included, so a checkpoint written at one
+world size resumes at any other (1 rank -> N ranks and back). What is saved is always
+layout-independent: every parameter under its MUG-V name and in its
 original row order. Sharded DTensors are saved as shards (each rank writes its own), so a
 checkpoint written at one world size / parallel layout loads at another (DCP reshards on load).
 The tensor-parallel fused projections, whose rows `parallelize_dit` permutes into rank blocks
@@ -12,8 +14,12 @@ Directory layout of `step_00000100/`: the DCP files (`.metadata`, `__*_*.distcp`
 `ema.*`, `power_ema_<i>.*`), `trainer.json` (step, scheduler, data position, config, the
 names of those sets; rank 0),
 `rng/rank_<r>.safetensors` (each rank's global RNG state), `rng/dp_<d>.safetensors` (the step
-generator of data-parallel rank d, which all its tp / cp / pp ranks share). As with
-single-process checkpoints the directory gets its final name only once complete and on disk.
+generator of data-parallel rank d, which all its tp / cp / pp ranks share). The directory gets
+its final name only once complete and on disk (mugv.train.checkpoint.publish); the oldest beyond
+`checkpoint.keep_last` are removed. One process needs no process group: DCP then reads and writes
+as the only rank. Users take weights away as full safetensors: `read_tensor_set` /
+`read_model_weights` read a step folder without a process group, `export_mugv_safetensors` and
+`full_tensors` gather a live model (the trainer's EMA and LoRA exports).
 
 DCP itself pickles: its `.metadata` file and the non-tensor values of the state (optimizer
 hyper-parameters) are unpickled on load. Before DCP reads a checkpoint, `.metadata` is parsed by
@@ -23,11 +29,13 @@ an unpickler that admits only DCP's own metadata classes, and the values are rea
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -217,6 +225,10 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[
     return {"state": state, "param_groups": groups}
 
 
+# How the optimizer computes, not what it computes: they follow this run's layout, not the saved one's.
+IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+
+
 @torch.no_grad()
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
     blocked = _blocked(model)
@@ -225,7 +237,7 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sav
         params.setdefault(n, []).append(p)
     for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
         for key, value in saved_group.items():
-            if key != "params":
+            if key not in ("params", *IMPLEMENTATION_SWITCHES):
                 group[key] = value
     for name, entry in saved["state"].items():
         for p in params[name]:  # every pipeline-stage copy of the parameter gets the state
@@ -250,12 +262,14 @@ def _optimizer_entry(name: str, entry: dict, p: torch.Tensor, blocked) -> dict[s
     return state
 
 
-def _optimizer_template(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Empty-valued optimizer state in `optimizer_state` form for this layout (for DCP to fill)."""
+def _optimizer_template(model: nn.Module, optimizer: torch.optim.Optimizer, saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Empty-valued optimizer state in `optimizer_state` form for this layout (for DCP to fill),
+    for the parameters that have state in the checkpoint (`saved`: its DCP metadata by key; a
+    parameter that never had a gradient before the save has none)."""
     blocked = _blocked(model)
     template: dict[str, Any] = {"state": {}, "param_groups": optimizer_state(model, optimizer)["param_groups"]}
     for name, p in _named_parameters(model):
-        if not p.requires_grad:
+        if not p.requires_grad or f"optim.state.{name}.step" not in saved:
             continue
         p = p.detach()
         if name in blocked:  # saved gathered, in the original row order
@@ -279,6 +293,19 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+def _alone() -> bool:
+    """No process group: DCP reads and writes as the only rank."""
+    return not dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _as_only_rank() -> Iterator[None]:
+    """DCP warns on every call made without a process group; one process is a layout of its own."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def save_distributed(
@@ -328,14 +355,16 @@ def save_distributed(
         _barrier()
 
     if async_save:
-        future = dcp.async_save(state, checkpoint_id=str(tmp))
+        with _as_only_rank():
+            future = dcp.async_save(state, checkpoint_id=str(tmp), no_dist=_alone())
 
         def done() -> None:
             future.result()
             finish()
 
         return final, _Pending(done)
-    dcp.save(state, checkpoint_id=str(tmp))
+    with _as_only_rank():
+        dcp.save(state, checkpoint_id=str(tmp), no_dist=_alone())
     finish()
     return final, None
 
@@ -350,6 +379,13 @@ class _Pending:
         self.fn()
 
 
+def read_checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The trainer's record of checkpoint `path` (step, scheduler, data position, config)."""
+    if not (path / "trainer.json").is_file() or not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no trainer.json or .metadata)")
+    return json.loads((path / "trainer.json").read_text())
+
+
 def load_distributed(
     path: Path,
     model: nn.Module,
@@ -360,12 +396,10 @@ def load_distributed(
     """Load a DCP checkpoint into `model` / `optimizer` (and the named sets of `tensors`, see
     `save_distributed`) of any layout; returns (trainer meta, the step generator of
     data-parallel rank `dp_rank`, or None when the checkpoint has none)."""
-    if not (path / "trainer.json").is_file() or not (path / ".metadata").is_file():
-        raise CheckpointError(f"{path} is not a complete distributed checkpoint")
+    meta = read_checkpoint_meta(path)
     pickled = sorted((path / "rng").glob("*.pt"))
     if pickled:
         refuse_pickled_rng(pickled[0])
-    meta = json.loads((path / "trainer.json").read_text())
     tensors = tensors or {}
     missing = sorted(set(tensors) - set(meta.get("tensors", [])))
     if missing:
@@ -374,8 +408,8 @@ def load_distributed(
     state: dict[str, Any] = {"model": model_state(model),
                              **{name: canonical_tensors(model, own) for name, own in tensors.items()}}
     if optimizer is not None:
-        state["optim"] = _optimizer_template(model, optimizer)
-    _load_dcp(state, path)
+        state["optim"] = _optimizer_template(model, optimizer, _checked_metadata(path).state_dict_metadata)
+    _load_dcp(state, path, no_dist=_alone())
     load_model_state(model, state["model"])
     for name, own in tensors.items():
         load_tensors(model, own, state[name])
@@ -467,7 +501,8 @@ def _load_dcp(state: dict[str, Any], path: Path, **options: Any) -> None:
 
     _checked_metadata(path)  # before DCP unpickles the same file without restriction
     try:
-        dcp.load(state, checkpoint_id=str(path), planner=_weights_only_planner(path), **options)
+        with _as_only_rank():
+            dcp.load(state, checkpoint_id=str(path), planner=_weights_only_planner(path), **options)
     except CheckpointException as err:
         refused = [exc for exc, _ in err.failures.values() if isinstance(exc, CheckpointError)]
         if refused:

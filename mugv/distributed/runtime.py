@@ -1,19 +1,26 @@
-"""The distributed side of a training run: process group from the torchrun environment, mesh,
-parallelized model, per-data-parallel-rank data, gradient finishing and metric reduction.
+"""The parallel side of every training run: ranks, parallel degrees, device, parallelized model,
+per-data-parallel-rank data and noise, gradient finishing, metric reduction and gathering.
 
-`init_distributed(cfg)` returns None for a single process (no WORLD_SIZE > 1 in the
-environment), so the single-process trainer path is untouched.
+`init_runtime(cfg)` always returns a `Runtime`. Under torchrun (WORLD_SIZE > 1) it joins the
+process group and builds the device mesh. One process is the trivial layout: world size 1, every
+parallel degree 1, no process group and no mesh, so nothing opens a port and one process may
+build any number of trainers. Every collective here runs over the ranks of one parallel axis;
+with every degree 1 that group is this process alone and the collective is skipped, so the
+trainer runs the same code at every world size (activation checkpointing and compile included).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from mugv.config import ConfigError, RunConfig
 from mugv.distributed.parallel_dims import ParallelDims
@@ -22,7 +29,9 @@ from mugv.distributed.parallelize import (
     clip_grad_norm_,
     finish_gradients,
     parallelize_dit,
+    parallelize_model,
 )
+from mugv.utils.device import resolve_device
 
 
 def torchrun_world() -> tuple[int, int, int]:
@@ -32,13 +41,14 @@ def torchrun_world() -> tuple[int, int, int]:
 
 
 @dataclass
-class DistributedRuntime:
+class Runtime:
     cfg: RunConfig
     rank: int
     world_size: int
     device: torch.device
     dims: ParallelDims
-    mesh: object
+    mesh: object | None  # None for one process: every axis has this process alone
+    owns_group: bool = False  # `init_runtime` started the process group, so `close` ends it
     plan: ParallelPlan | None = None
     schedule: object | None = None  # pipeline schedule (pp > 1)
     stages: list | None = None  # this rank's pipeline stage modules (pp > 1)
@@ -56,11 +66,31 @@ class DistributedRuntime:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dp_group(self):
+        """The process group of this rank's data-parallel peers; None when it has none."""
+        return self.mesh["dp"].get_group() if self.dims.dp > 1 else None
+
+    @property
+    def dp_leader(self) -> bool:
+        """The rank that writes its data-parallel replica's share of a checkpoint (its step generator)."""
+        coords = self.coords
+        return coords["tp"] == coords["cp"] == coords["pp"] == 0
+
     def parallelize(self, model: torch.nn.Module) -> ParallelPlan:
+        """Lay out the trained model: TP/SP, CP, activation checkpointing, compile and FSDP2 as the
+        degrees ask (one process: activation checkpointing and compile), or this rank's pipeline stages."""
         if self.dims.pp > 1:
             return self._build_pipeline(model)
         self.plan = parallelize_dit(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank)
         return self.plan
+
+    def parallelize_copy(self, model: torch.nn.Module) -> ParallelPlan:
+        """Lay out a frozen copy of the model (a preference objective's reference) as the model is."""
+        if self.dims.pp > 1:
+            raise ConfigError(f"train.objective = {self.cfg.train.objective!r} keeps a frozen reference copy, "
+                              "which parallel.pp > 1 does not support")
+        return parallelize_model(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank)
 
     # ------------------------------------------------------------------------------------------
     # Pipeline parallel
@@ -98,6 +128,19 @@ class DistributedRuntime:
         """What the optimizer and checkpoints see: the model, or this rank's pipeline stages."""
         return list(self.stages) if self.pipelined else model
 
+    def forward_backward(self, objective, model, batch, generator, reference,
+                         autocast: Callable[[], contextlib.AbstractContextManager]) -> tuple[torch.Tensor, dict]:
+        """One batch's loss and gradients: (loss, the objective's metrics). A pipeline's schedule
+        runs forward and backward per microbatch; otherwise the objective runs on the whole model
+        (backward outside autocast, as the gradients are fp32)."""
+        if self.pipelined:
+            with autocast():
+                return self.pipeline_step(objective, model, batch, generator), {}
+        with autocast():
+            out = objective.compute(model, batch, generator, reference)
+        out.loss.backward()
+        return out.loss, out.metrics
+
     def pipeline_step(self, objective, model, batch, generator) -> torch.Tensor:
         """Forward + backward of one batch through the schedule; returns the loss on every rank."""
         from mugv.distributed.pipeline import pipeline_inputs, pipeline_target
@@ -116,9 +159,34 @@ class DistributedRuntime:
         return loss
 
     def data_source(self):
+        """This data-parallel rank's share of every global batch (one process: all of it)."""
         from mugv.distributed.data import build_dp_data_source
 
         return build_dp_data_source(self.cfg, self.dp_rank, self.dims.dp)
+
+    def generator_seed(self, seed: int) -> int:
+        """Each data-parallel rank draws its own noise, its tp / cp / pp ranks the same (rank 0: `seed`)."""
+        from mugv.distributed.data import dp_generator_seed
+
+        return dp_generator_seed(seed, self.dp_rank)
+
+    @property
+    def ranks_per_replica(self) -> int:
+        """The ranks that share one data-parallel replica's work (tp x cp x pp)."""
+        return self.dims.tp * self.dims.cp * self.dims.pp
+
+    def optimizer_options(self, params: list[torch.Tensor]) -> dict:
+        """AdamW's implementation switches for `params`: the multi-tensor path needs every
+        parameter on one mesh (sharded parameters on FSDP-only and FSDP x TP meshes cannot mix)."""
+        meshes = {p.device_mesh if isinstance(p, DTensor) else None for p in params}
+        return {"foreach": None if len(meshes) <= 1 else False}
+
+    def gather(self, trained, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Full CPU tensors in the MUG-V layout of `tensors` named like `trained`'s parameters (EMA
+        averages, LoRA factors): a collective every rank calls; only the main rank keeps them."""
+        from mugv.distributed.checkpoint import full_tensors
+
+        return full_tensors(trained, tensors, keep=self.is_main)
 
     def finish_gradients(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
         """Complete the gradient reductions FSDP2 does not do, then clip by the global norm."""
@@ -140,25 +208,23 @@ class DistributedRuntime:
 
     def mean_over_dp(self, value: torch.Tensor) -> float:
         value = value.detach().float().clone()
-        if self.dims.dp > 1:
-            dist.all_reduce(value, group=self.mesh["dp"].get_group())
+        if self.dp_group is not None:
+            dist.all_reduce(value, group=self.dp_group)
             value /= self.dims.dp
         return value.item()
 
-    def barrier(self) -> None:
-        dist.barrier()
-
     def close(self) -> None:
-        if dist.is_initialized():
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def init_distributed(cfg: RunConfig) -> DistributedRuntime | None:
-    """Join the process group that torchrun describes; None when running as one process."""
+def init_runtime(cfg: RunConfig) -> Runtime:
+    """The runtime of this process: the torchrun process group and mesh when WORLD_SIZE > 1, else
+    the trivial one-process layout (no process group, `train.device`)."""
     rank, local_rank, world_size = torchrun_world()
-    if world_size <= 1:
-        return None
     dims = ParallelDims.from_config(cfg.parallel, world_size, cfg.model)
+    if world_size == 1:
+        return Runtime(cfg=cfg, rank=0, world_size=1, device=resolve_device(cfg.train.device), dims=dims, mesh=None)
     wanted = cfg.train.device
     use_cuda = torch.cuda.is_available() and wanted in ("auto", "cuda")
     if use_cuda:
@@ -166,13 +232,15 @@ def init_distributed(cfg: RunConfig) -> DistributedRuntime | None:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(
             "nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
             timeout=datetime.timedelta(minutes=10),
         )
     mesh = dims.build_mesh(device.type)
-    return DistributedRuntime(cfg=cfg, rank=rank, world_size=world_size, device=device, dims=dims, mesh=mesh)
+    return Runtime(cfg=cfg, rank=rank, world_size=world_size, device=device, dims=dims, mesh=mesh,
+                   owns_group=owns_group)
 
 
 class SilentLogger:

@@ -1,14 +1,12 @@
-"""Single-process training checkpoints: one directory per step, written atomically and durably.
+"""Checkpoint folders: naming, listing, durable publication and pruning, safe reading, RNG files.
 
-Layout of `step_00000100/`: `model.safetensors` (MUG-V layout names), `optimizer.pt` (tensors
-and plain values only, read back with `torch.load(weights_only=True)`), `trainer.json` (step,
-scheduler, data position, config) and `rng.safetensors` (every RNG the run uses, as tensors plus
-JSON metadata). Nothing in a checkpoint is unpickled beyond tensors and plain values, so a
-checkpoint folder from elsewhere cannot run code.
-
-A directory only gets its final name once complete and flushed to disk (`publish`), so neither a
-crash mid-save nor a power cut after it leaves a half-written checkpoint that `resume = "auto"`
-would pick.
+Training checkpoints are written by mugv.distributed.checkpoint (DCP, at every world size, one
+process included); the VAE trainer writes its own small layout with the same helpers. A step
+folder `step_00000100/` only gets its final name once complete and flushed to disk (`publish`),
+so neither a crash mid-save nor a power cut after it leaves a half-written checkpoint that
+`resume = "auto"` would pick. Nothing is unpickled beyond tensors and plain values
+(`load_tensor_file`), so a checkpoint folder from elsewhere cannot run code; RNG states are stored
+as tensors plus JSON (`save_rng_file`).
 """
 
 from __future__ import annotations
@@ -19,38 +17,21 @@ import pickle
 import random
 import re
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from mugv.errors import MugvError
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
-RNG_FILE = "rng.safetensors"
-# what checkpoints of earlier mugv versions held instead of RNG_FILE: a pickle, never loaded
-PICKLED_RNG_FILE = "rng.pt"
 
 
 class CheckpointError(MugvError, RuntimeError):
     pass
-
-
-@dataclass
-class TrainingState:
-    step: int
-    model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    data: dict[str, Any]
-    generator: torch.Tensor
-    extra: dict[str, Any]
-    # further named tensor sets saved beside the model (e.g. EMA weights): <name>.safetensors
-    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -214,52 +195,3 @@ def refuse_pickled_rng(path: Path) -> None:
     raise CheckpointError(f"{path}: RNG state stored as a Python pickle (a checkpoint from an older mugv, or "
                           "crafted); it is not loaded because unpickling can run code. Start from its weights "
                           "instead with --checkpoint.init_weights=<its model.safetensors> (exact resume is lost)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Whole training checkpoints
-# ----------------------------------------------------------------------------------------------
-
-
-def save_training_state(root: Path, state: TrainingState, keep_last: int) -> Path:
-    final = step_dir(root, state.step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.model.items()}, tmp / "model.safetensors")
-    for name, tensors in state.tensors.items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
-    torch.save(state.optimizer, tmp / "optimizer.pt")
-    save_rng_file(tmp / RNG_FILE, generator=state.generator, global_state=global_rng_state())
-    meta = {"step": state.step, "scheduler": state.scheduler, "data": state.data, "tensors": sorted(state.tensors),
-            **state.extra}
-    (tmp / "trainer.json").write_text(json.dumps(meta, indent=2))
-    publish(tmp, final)
-    keep_last_checkpoints(root, keep_last)
-    return final
-
-
-def load_training_state(path: Path) -> TrainingState:
-    if not (path / RNG_FILE).is_file() and (path / PICKLED_RNG_FILE).is_file():
-        refuse_pickled_rng(path / PICKLED_RNG_FILE)
-    missing = [name for name in ("model.safetensors", "optimizer.pt", "trainer.json", RNG_FILE)
-               if not (path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    meta = json.loads((path / "trainer.json").read_text())
-    generator, global_state = load_rng_file(path / RNG_FILE)
-    if generator is None or global_state is None:
-        raise CheckpointError(f"{path / RNG_FILE}: lacks the step generator or the global RNG states")
-    optimizer = load_tensor_file(path / "optimizer.pt")
-    restore_global_rng_state(global_state)
-    tensors = {name: load_file(path / f"{name}.safetensors") for name in meta.pop("tensors", [])}
-    return TrainingState(
-        tensors=tensors,
-        step=int(meta.pop("step")),
-        model=load_file(path / "model.safetensors"),
-        optimizer=optimizer,
-        scheduler=meta.pop("scheduler"),
-        data=meta.pop("data"),
-        generator=generator,
-        extra=meta,
-    )

@@ -34,9 +34,11 @@ def record_reference_errors(cfg: RunConfig, progress: bool = True) -> tuple[str,
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)  # the trainer's initialisation, for a run without init_weights
     model = build_model(cfg.model).to(device)
-    if cfg.checkpoint.init_weights:
+    if cfg.checkpoint.init_weights:  # as the trainer reads them: a file or a training step folder
+        from mugv.distributed.checkpoint import read_model_weights
+
         family = family_of(cfg.model)
-        family.load_weights(model, family.read_weights(cfg.checkpoint.init_weights), layout="mugv")
+        family.load_weights(model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout="mugv")
     model.eval()
     use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()

@@ -25,13 +25,7 @@ from mugv.models.attention import attention_backend, describe_backend
 from mugv.models.dit.adapters import save_safetensors
 from mugv.models.dit.model import MUGDiT
 from mugv.models.registry import build_model, family_of
-from mugv.train.checkpoint import (
-    CheckpointError,
-    TrainingState,
-    latest_checkpoint,
-    load_training_state,
-    save_training_state,
-)
+from mugv.train.checkpoint import CheckpointError, latest_checkpoint
 from mugv.train.logger import RunLogger
 from mugv.train.metrics import batch_train_flops, device_peak_tflops, peak_memory_gib
 from mugv.train.curriculum import Curriculum, StageSettings
@@ -40,7 +34,6 @@ from mugv.train.lora import apply_lora, lora_state_dict, save_peft_adapter
 from mugv.train.objectives import build_objective, build_reference
 from mugv.train.validation import validation_loss
 from mugv.utils.determinism import seed_everything, use_deterministic_algorithms
-from mugv.utils.device import resolve_device
 from mugv.utils.seeds import held_out_seed, restart_seed
 
 
@@ -100,12 +93,12 @@ class Trainer:
         hooks: tuple[TrainerHook, ...] = (),
     ):
         self.cfg = cfg
-        # Under torchrun (WORLD_SIZE > 1): process group, mesh and parallelized model; else None.
-        from mugv.distributed.parallelize import apply_block_transforms, parallelize_model
-        from mugv.distributed.runtime import init_distributed
+        # ranks, parallel degrees, device and mesh: under torchrun the process group's, else one
+        # process's trivial layout, which runs the same code (see mugv.distributed.runtime)
+        from mugv.distributed.runtime import init_runtime
 
-        self.dist = init_distributed(cfg)
-        self.device = self.dist.device if self.dist else resolve_device(cfg.train.device)
+        self.runtime = init_runtime(cfg)
+        self.device = self.runtime.device
         use_deterministic_algorithms(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
         family = family_of(cfg.model)
@@ -117,45 +110,30 @@ class Trainer:
         if cfg.lora.rank:
             apply_lora(self.model, cfg.lora)
         freeze_parameters(self.model, cfg.train.freeze)
-        if self.dist and self.dist.dims.pp > 1 and (cfg.ema.decay or cfg.ema.power_sigma_rels or cfg.lora.rank):
+        if self.runtime.dims.pp > 1 and (cfg.ema.decay or cfg.ema.power_sigma_rels or cfg.lora.rank):
             # each pipeline rank holds only its stages: the exports would need a gather across them
             raise ConfigError("ema.* and lora.* are not supported with parallel.pp > 1: use FSDP / tensor / context "
                               "parallelism, or average checkpoints afterwards with `mugv ema ensemble`")
         self.curriculum = Curriculum(cfg)
-        dp_group = self.dist.mesh["dp"].get_group() if self.dist and self.dist.dims.dp > 1 else None
-        self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy, dp_group)
+        self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy, self.runtime.dp_group)
         # made before parallelizing, so that a frozen copy is sharded like the model
         self.reference = build_reference(self.objective.reference, self.model)
-        if self.dist:
-            self.dist.parallelize(self.model)
-            if self.reference is not None and self.reference.separate:
-                if self.dist.dims.pp > 1:
-                    raise ConfigError(f"train.objective = {cfg.train.objective!r} keeps a frozen reference copy, "
-                                      "which parallel.pp > 1 does not support")
-                parallelize_model(self.reference.module, self.dist.dims, self.dist.mesh, cfg.parallel,
-                                  rank=self.dist.rank)
-        else:  # one process is a trivial mesh: checkpointing and compile apply all the same
-            apply_block_transforms(list(self.model.blocks), cfg.parallel)
-        self.data = data or (self.dist.data_source() if self.dist else build_data_source(cfg))
+        self.runtime.parallelize(self.model)
+        if self.reference is not None and self.reference.separate:
+            self.runtime.parallelize_copy(self.reference.module)
+        self.data = data or self.runtime.data_source()
         self.samples_seen = 0
         self._image_fraction: float | None = None
         self._buckets: list[str] = []
         # what is trained and checkpointed: the model, or (pipeline parallel) this rank's stages
-        self.trained = self.dist.trained_modules(self.model) if self.dist else self.model
+        self.trained = self.runtime.trained_modules(self.model)
         trained = torch.nn.ModuleList(self.trained) if isinstance(self.trained, list) else self.trained
-        self.optimizer = torch.optim.AdamW(
-            param_groups(trained, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-            # sharded parameters live on different meshes (FSDP only vs FSDP x TP): no multi-tensor path
-            foreach=False if self.dist else None,
-        )
+        groups = param_groups(trained, cfg.optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                           **self.runtime.optimizer_options([p for g in groups for p in g["params"]]))
         self.ema = EMA(self.model, cfg.ema.decay) if cfg.ema.decay else None
         self.power_ema = PowerEMA(self.model, cfg.ema.power_sigma_rels) if cfg.ema.power_sigma_rels else None
-        seed = cfg.train.seed
-        if self.dist:  # each data-parallel rank draws its own noise; its tp / cp ranks the same
-            from mugv.distributed.data import dp_generator_seed
-
-            seed = dp_generator_seed(seed, self.dist.dp_rank)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.runtime.generator_seed(cfg.train.seed))
         self.hooks = hooks
         self.step = 0
         precision = cfg.train.precision
@@ -165,18 +143,6 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Checkpoints
     # ----------------------------------------------------------------------------------------
-
-    def state(self) -> TrainingState:
-        return TrainingState(
-            step=self.step,
-            model=self.model.state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.schedule_state(),
-            data=self.data.state_dict(),
-            generator=self.generator.get_state(),
-            extra={"config": to_dict(self.cfg)},
-            tensors=self.ema_tensors(),
-        )
 
     def schedule_state(self) -> dict:
         """Where the run stands in its curriculum (stage, LR schedule position, plateau tracker)."""
@@ -195,17 +161,6 @@ class Trainer:
                 tensors[f"power_ema_{i}"] = average
         return tensors
 
-    def load_ema_tensors(self, tensors: dict[str, dict[str, torch.Tensor]], t: int) -> None:
-        if self.ema is not None:
-            if "ema" not in tensors:
-                raise CheckpointError("the checkpoint has no EMA weights but ema.decay is set")
-            self.ema.load_state_dict(tensors["ema"])
-        if self.power_ema is not None:
-            averages = [tensors.get(f"power_ema_{i}") for i in range(len(self.power_ema.averages))]
-            if any(a is None for a in averages):
-                raise CheckpointError("the checkpoint lacks the power-EMA averages that ema.power_sigma_rels asks for")
-            self.power_ema.load_state_dict({"t": t, "sigma_rels": self.power_ema.sigma_rels, "averages": averages})
-
     def check_power_ema_widths(self, saved_config: dict, path: Path) -> None:
         """The saved averages are stored by position: their widths must be the configured ones."""
         saved = saved_config.get("ema", {}).get("power_sigma_rels")
@@ -214,43 +169,48 @@ class Trainer:
                                   f"but ema.power_sigma_rels = {list(self.power_ema.sigma_rels)}")
 
     def gathered(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Full tensors in the MUG-V layout of `tensors` named like the parameters (EMA averages,
-        LoRA factors). Under torchrun a collective that every rank calls; rank 0 gets the result."""
-        if not self.dist:
-            return tensors
-        from mugv.distributed.checkpoint import full_tensors
-
-        return full_tensors(self.trained, tensors, keep=self.dist.is_main)
+        """Full CPU tensors in the MUG-V layout of `tensors` named like the parameters (EMA averages,
+        LoRA factors). A collective that every rank calls; the main rank gets the result."""
+        return self.runtime.gather(self.trained, tensors)
 
     def save_checkpoint(self) -> Path:
-        if self.dist:
-            from mugv.distributed.checkpoint import save_distributed
+        """Write this step's checkpoint (DCP: every rank its shards; see mugv.distributed.checkpoint)."""
+        from mugv.distributed.checkpoint import save_distributed
 
-            coords = self.dist.coords
-            meta = {"scheduler": self.schedule_state(), "data": self.data.state_dict(),
-                    "config": to_dict(self.cfg), "world_size": self.dist.world_size, "dp_size": self.dist.dims.dp}
-            path, _ = save_distributed(self.cfg.checkpoint_dir, self.step, self.trained, self.optimizer, meta,
-                                       self.generator.get_state(), self.cfg.checkpoint.keep_last,
-                                       dp_rank=self.dist.dp_rank,
-                                       dp_leader=coords["tp"] == coords["cp"] == coords["pp"] == 0,
-                                       tensors=self.ema_tensors())
-            return path
-        return save_training_state(self.cfg.checkpoint_dir, self.state(), self.cfg.checkpoint.keep_last)
+        runtime = self.runtime
+        meta = {"scheduler": self.schedule_state(), "data": self.data.state_dict(), "config": to_dict(self.cfg),
+                "world_size": runtime.world_size, "dp_size": runtime.dims.dp}
+        path, _ = save_distributed(self.cfg.checkpoint_dir, self.step, self.trained, self.optimizer, meta,
+                                   self.generator.get_state(), self.cfg.checkpoint.keep_last,
+                                   dp_rank=runtime.dp_rank, dp_leader=runtime.dp_leader, tensors=self.ema_tensors())
+        return path
 
-    def _resume_distributed(self, path: Path) -> None:
-        """Resume from a DCP checkpoint written by any parallel layout (or by one process)."""
-        from mugv.distributed.checkpoint import load_distributed
+    def resume(self) -> Path | None:
+        """Continue from the checkpoint that `checkpoint.resume` names; None when starting fresh.
+        A checkpoint written at any world size and parallel layout loads here (DCP reshards)."""
+        from mugv.distributed.checkpoint import load_distributed, read_checkpoint_meta
 
-        if not (path / ".metadata").is_file():
-            raise CheckpointError(f"{path} is a single-process checkpoint; a distributed run resumes from DCP "
-                                  "checkpoints (load its model.safetensors with checkpoint.init_weights instead)")
-        dp_rank, dp_size = (self.dist.dp_rank, self.dist.dims.dp) if self.dist else (0, 1)
-        meta, generator = load_distributed(path, self.trained, self.optimizer, dp_rank=dp_rank,
-                                           tensors=self.ema_tensors())
-        saved_model = meta.get("config", {}).get("model")
+        choice = self.cfg.checkpoint.resume
+        if choice == "none":
+            return None
+        path = latest_checkpoint(self.cfg.checkpoint_dir) if choice == "auto" else Path(choice)
+        if path is None:
+            return None
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint.resume = {choice!r}: no checkpoint directory at {path}")
+        if not (path / ".metadata").is_file() and (path / "model.safetensors").is_file():
+            raise CheckpointError(f"{path} is a checkpoint of an older mugv (model.safetensors, optimizer.pt), which "
+                                  "cannot resume exactly; start from its weights with "
+                                  f"--checkpoint.init_weights={path / 'model.safetensors'}")
+        saved_config = read_checkpoint_meta(path).get("config", {})  # checked before any tensor is read
+        saved_model = saved_config.get("model")
         if saved_model is not None and saved_model != to_dict(self.cfg.model):
-            raise CheckpointError(f"checkpoint {path} was trained with different model settings")
-        self.check_power_ema_widths(meta.get("config", {}), path)
+            changed = sorted(k for k in saved_model if saved_model[k] != to_dict(self.cfg.model).get(k))
+            raise CheckpointError(f"checkpoint {path} was trained with different model settings: {', '.join(changed)}")
+        self.check_power_ema_widths(saved_config, path)
+        dp_size = self.runtime.dims.dp
+        meta, generator = load_distributed(path, self.trained, self.optimizer, dp_rank=self.runtime.dp_rank,
+                                           tensors=self.ema_tensors())
         if self.power_ema is not None:
             self.power_ema.t = int(meta["step"])
         self.load_schedule_state(meta["scheduler"])
@@ -260,33 +220,6 @@ class Trainer:
         else:  # another data-parallel size: the noise streams restart from the seed, offset by the step
             self.generator.manual_seed(restart_seed(self.generator.initial_seed(), int(meta["step"])))
         self.step = int(meta["step"])
-
-    def resume(self) -> Path | None:
-        """Continue from the checkpoint that `checkpoint.resume` names; None when starting fresh."""
-        choice = self.cfg.checkpoint.resume
-        if choice == "none":
-            return None
-        path = latest_checkpoint(self.cfg.checkpoint_dir) if choice == "auto" else Path(choice)
-        if path is None:
-            return None
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint.resume = {choice!r}: no checkpoint directory at {path}")
-        if self.dist or (path / ".metadata").is_file():  # DCP: written by a distributed run
-            self._resume_distributed(path)
-            return path
-        state = load_training_state(path)
-        saved_model = state.extra.get("config", {}).get("model")
-        if saved_model is not None and saved_model != to_dict(self.cfg.model):
-            changed = sorted(k for k in saved_model if saved_model[k] != to_dict(self.cfg.model).get(k))
-            raise CheckpointError(f"checkpoint {path} was trained with different model settings: {', '.join(changed)}")
-        self.model.load_state_dict(state.model)
-        self.optimizer.load_state_dict(state.optimizer)
-        self.load_schedule_state(state.scheduler)
-        self.data.load_state_dict(state.data)
-        self.generator.set_state(state.generator)
-        self.step = state.step
-        self.check_power_ema_widths(state.extra.get("config", {}), path)
-        self.load_ema_tensors(state.tensors, t=state.step)
         return path
 
     # ----------------------------------------------------------------------------------------
@@ -321,23 +254,11 @@ class Trainer:
         self.model.train()
         batch = batch.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.dist and self.dist.pipelined:  # the schedule runs forward and backward per microbatch
-            with self.autocast(), attention_backend(self.cfg.train.attention_backend, self.device):
-                loss = self.dist.pipeline_step(self.objective, self.model, batch, self.generator)
-            objective_metrics = {}
-        else:
-            # the backward runs inside too: activation checkpointing recomputes attention there
-            with attention_backend(self.cfg.train.attention_backend, self.device):
-                with self.autocast():
-                    out = self.objective.compute(self.model, batch, self.generator, self.reference)
-                loss, objective_metrics = out.loss, out.metrics
-                loss.backward()
-        if self.dist:
-            grad_norm = self.dist.finish_gradients(self.model, self.cfg.optim.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-            )
+        # the backward runs inside too: activation checkpointing recomputes attention there
+        with attention_backend(self.cfg.train.attention_backend, self.device):
+            loss, objective_metrics = self.runtime.forward_backward(self.objective, self.model, batch, self.generator,
+                                                                    self.reference, self.autocast)
+        grad_norm = self.runtime.finish_gradients(self.model, self.cfg.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.step += 1
@@ -345,15 +266,14 @@ class Trainer:
             self.ema.update(self.model)
         if self.power_ema is not None:
             self.power_ema.update(self.model)
-        loss_value = self.dist.mean_over_dp(loss) if self.dist else loss.item()
-        return {"loss": loss_value, "grad_norm": grad_norm.item(), "lr": lr, **objective_metrics}
+        return {"loss": self.runtime.mean_over_dp(loss), "grad_norm": grad_norm.item(), "lr": lr, **objective_metrics}
 
     def fit(self) -> list[dict[str, float]]:
         """Train through the curriculum (at most `train.steps`), checkpointing as configured;
         returns every step's metrics."""
         cfg = self.cfg
         run_dir = cfg.resolved_run_dir
-        main = self.dist is None or self.dist.is_main
+        main = self.runtime.is_main
         if main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(to_toml(cfg))
@@ -365,7 +285,7 @@ class Trainer:
         validation = self.validation_batches() if cfg.validation.every_steps else []
         if main:
             run_logger = RunLogger(run_dir, cfg.logging, total_steps=cfg.train.steps, start_step=self.step)
-        else:  # only rank 0 logs
+        else:  # only the main rank logs
             from mugv.distributed.runtime import SilentLogger
 
             run_logger = SilentLogger()
@@ -388,7 +308,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 step_end = time.perf_counter()
-                self.samples_seen += batch.size * (self.dist.dims.dp if self.dist else 1)
+                self.samples_seen += batch.size * self.runtime.dims.dp
                 metrics.update(self.throughput(batch, step_end - wait_start, step_start - wait_start))
                 metrics["step"] = self.step
                 metrics["stage"] = self.curriculum.index
@@ -436,7 +356,7 @@ class Trainer:
     def export_final(self, run_dir: Path, write: bool = True) -> None:
         """Weights a user takes away: the EMA weights and the LoRA adapter, as full safetensors (the
         adapter also in the PEFT layout, `lora-peft/`).
-        Under torchrun every rank takes part in gathering them; only the one with `write` writes."""
+        Every rank takes part in gathering them; only the one with `write` writes."""
         if self.ema is not None:
             shadow = self.gathered(self.ema.state_dict())
             if write:
@@ -451,15 +371,12 @@ class Trainer:
                                   base_model=self.cfg.checkpoint.init_weights or None)
 
     def throughput(self, batch: LatentBatch, step_seconds: float, data_seconds: float) -> dict[str, float]:
-        flops = batch_train_flops(self.cfg.model, batch)
-        if self.dist:  # this rank's share of its data-parallel replica's work
-            dims = self.dist.dims
-            flops /= dims.tp * dims.cp * dims.pp
+        flops = batch_train_flops(self.cfg.model, batch) / self.runtime.ranks_per_replica  # this rank's share
         tflops = flops / step_seconds / 1e12
         out = {
             "step_time": step_seconds,
             "data_wait": data_seconds / step_seconds,
-            "samples_per_s": batch.size * (self.dist.dims.dp if self.dist else 1) / step_seconds,
+            "samples_per_s": batch.size * self.runtime.dims.dp / step_seconds,
             "tflops": tflops,
             "memory_gib": peak_memory_gib(self.device),
         }

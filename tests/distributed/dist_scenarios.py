@@ -334,10 +334,11 @@ def _gather_stage_tensors(stages, pick, buffers: bool = False) -> dict[str, torc
     return merged
 
 
-def trainer_resume_from(rank: int, world: int, parallel: dict, run_dir: str, checkpoint: str) -> dict:
-    """`Trainer` in another layout resuming a checkpoint of `trainer_resume`'s straight run."""
+def trainer_resume_from(rank: int, world: int, parallel: dict, run_dir: str, checkpoint: str,
+                        name: str = "elsewhere") -> dict:
+    """`Trainer` in another layout resuming a checkpoint of another run (`trainer_resume`'s straight run)."""
     from mugv.train.trainer import Trainer
 
-    cfg = trainer_config(run_dir, "elsewhere", 4, parallel)
+    cfg = trainer_config(run_dir, name, 4, parallel)
     cfg.checkpoint.resume = checkpoint
     return {"losses": [m["loss"] for m in Trainer(cfg).fit()]}

@@ -93,6 +93,9 @@ def two_ranks(tmp_path_factory, four_ranks):
     results4, root = four_ranks
 
     def run(_):  # writes beside the 4-rank runs, whose checkpoints it resumes
+        from mugv.train.trainer import Trainer
+
+        Trainer(sc.trainer_config(str(root / "runs1"), "single", 4, {})).fit()  # its step-2 checkpoint resumes at 2 ranks
         scenarios = [(name, sc.parity, {"parallel": p, "steps": STEPS}) for name, p in TWO_RANK.items()]
         scenarios += [(name, sc.parity_pipeline, {"parallel": p, "steps": STEPS, "depth": depth})
                       for name, (p, depth) in TWO_RANK_PIPELINE.items()]
@@ -101,6 +104,9 @@ def two_ranks(tmp_path_factory, four_ranks):
         scenarios.append(("trainer from 4 ranks", sc.trainer_resume_from, {
             "parallel": {"dp_shard": 2}, "run_dir": str(root / "runs2"),
             "checkpoint": str(root / "runs4" / "straight" / "checkpoints" / "step_00000002")}))
+        scenarios.append(("trainer from 1 rank", sc.trainer_resume_from, {
+            "parallel": {"dp_shard": 1, "tp": 2}, "run_dir": str(root / "runs2"), "name": "from-one-rank",
+            "checkpoint": str(root / "runs1" / "single" / "checkpoints" / "step_00000002")}))
         scenarios.append(("bf16", sc.parity, {"parallel": {"dp_shard": 2, "param_dtype": "bf16",
                                                            "reduce_dtype": "bf16"}, "steps": STEPS}))
         status, saved = results4["save"]
@@ -200,7 +206,15 @@ def test_single_process_trainer_resumes_a_tensor_parallel_checkpoint(four_ranks,
     cfg.checkpoint.resume = str(root / "runs2" / "straight" / "checkpoints" / "step_00000002")
     trainer = Trainer(cfg)
     losses = [m["loss"] for m in trainer.fit()]
-    assert trainer.dist is None and losses == pytest.approx(straight[2:], rel=1e-5)
+    assert trainer.runtime.world_size == 1 and losses == pytest.approx(straight[2:], rel=1e-5)
+
+
+def test_a_single_process_checkpoint_resumes_at_two_ranks(two_ranks, single_process_trainer):
+    """One checkpoint format at every world size: the single-process `Trainer`'s step-2
+    checkpoint, resumed by a 2-rank tp = 2 `Trainer` (rows resharded), logs the single process's
+    steps 3 and 4 (one data-parallel rank on both sides, so the noise stream continues exactly)."""
+    losses = _ok(two_ranks, "trainer from 1 rank")["losses"]
+    assert losses == pytest.approx([m["loss"] for m in single_process_trainer][2:], rel=1e-5)
 
 
 def test_fsdp_bf16_mixed_precision_keeps_fp32_master_weights(two_ranks, reference):

@@ -116,3 +116,23 @@ def test_the_sampler_shifts_time_as_the_training_run_did(tmp_path):
     # weights outside a run folder (the published dit.pt) sample with the release's settings
     (tmp_path / "elsewhere").mkdir()
     assert training_flow_config(tmp_path / "elsewhere" / "dit.pt") == FlowConfig()
+
+
+def test_a_training_step_folder_is_taken_as_the_dit(models, tmp_path):
+    """What `mugv train` writes (a DCP step folder, also from one process) is what `--dit` takes."""
+    from mugv.config import load_config
+    from mugv.distributed.checkpoint import read_model_weights
+    from mugv.train.trainer import Trainer
+
+    root, common = models
+    trainer = Trainer(load_config("debug", [f"--run_dir={tmp_path / 'run'}", "--model.text_dim=32", "--train.steps=1",
+                                            "--logging.progress=false", "--logging.tensorboard=false"]))
+    trainer.fit()
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    weights = read_model_weights(step)
+    assert weights.keys() == trainer.model.state_dict().keys()
+    assert all(torch.equal(weights[n], t) for n, t in trainer.model.state_dict().items())
+    dit = common.index("--dit") + 1
+    args = [*common[:dit], str(step), *common[dit + 1:]]
+    assert main(["generate", *args, "--prompt", "a red car", "--out", str(tmp_path / "t2v.mp4")]) == 0
+    assert frame_count(tmp_path / "t2v.mp4") == 9

@@ -18,7 +18,7 @@ from mugv.distributed.checkpoint import (
     read_tensor_set,
     save_distributed,
 )
-from mugv.train.checkpoint import CheckpointError, RNG_FILE, latest_checkpoint
+from mugv.train.checkpoint import CheckpointError, latest_checkpoint
 from mugv.train.logger import keep_metrics_up_to
 from mugv.train.trainer import Trainer
 
@@ -45,7 +45,7 @@ def config(tmp_path, *overrides):
 
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
-    """A single-process checkpoint after one step."""
+    """A single-process trainer's checkpoint after one step."""
     Trainer(config(tmp_path / "run")).fit()
     return latest_checkpoint(tmp_path / "run" / "checkpoints")
 
@@ -56,18 +56,34 @@ def test_the_payload_runs_when_unpickled_without_restriction(marker):
 
 
 def test_a_pickled_rng_file_is_refused_without_unpickling_it(checkpoint, marker, tmp_path):
-    (checkpoint / RNG_FILE).unlink()  # as an older mugv wrote it, or someone crafted it
-    torch.save({"generator": WritesMarker(marker), "global": {}}, checkpoint / "rng.pt")
-    with pytest.raises(CheckpointError, match=r"rng\.pt: RNG state stored as a Python pickle.*not loaded"):
+    (checkpoint / "rng" / "dp_0.safetensors").unlink()  # as an older mugv wrote it, or someone crafted it
+    torch.save({"generator": WritesMarker(marker)}, checkpoint / "rng" / "dp_0.pt")
+    with pytest.raises(CheckpointError, match=r"dp_0\.pt: RNG state stored as a Python pickle.*not loaded"):
         Trainer(config(tmp_path / "run")).resume()
     assert not marker.exists()
 
 
 def test_an_optimizer_state_holding_code_is_refused(checkpoint, marker, tmp_path):
-    torch.save({"state": {}, "param_groups": [WritesMarker(marker)]}, checkpoint / "optimizer.pt")
-    with pytest.raises(CheckpointError, match=r"optimizer\.pt: refused to load: it holds the Python object"):
+    import torch.distributed.checkpoint as dcp
+
+    trained = Trainer(config(tmp_path / "other"))
+    state = {"model": model_state(trained.model), "optim": optimizer_state(trained.model, trained.optimizer)}
+    state["optim"]["param_groups"][1]["weight_decay"] = WritesMarker(marker)
+    for stale in checkpoint.glob("*.distcp"):
+        stale.unlink()
+    dcp.save(state, checkpoint_id=str(checkpoint), no_dist=True)  # the trainer's files, the optimizer's values crafted
+    with pytest.raises(CheckpointError, match=r"value optim\.param_groups\.1\.weight_decay\): refused to load"):
         Trainer(config(tmp_path / "run")).resume()
     assert not marker.exists()
+
+
+def test_a_checkpoint_of_an_older_mugv_is_named_with_what_to_do(tmp_path):
+    old = tmp_path / "run" / "checkpoints" / "step_00000001"
+    old.mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.pt", "trainer.json", "rng.safetensors"):
+        (old / name).touch()
+    with pytest.raises(CheckpointError, match=r"older mugv.*--checkpoint\.init_weights=.*model\.safetensors"):
+        Trainer(config(tmp_path / "run")).resume()
 
 
 @pytest.fixture
@@ -166,10 +182,12 @@ def test_checkpoint_files_and_metrics_reach_the_disk_before_the_checkpoint_is_pu
     final = run / "checkpoints" / "step_00000002"
     published = events.index(("rename", final.with_name(final.name + ".tmp"), final))
     synced_before = {e[1] for e in events[:published] if e[0] == "fsync"}
-    expected = {final.with_name(final.name + ".tmp") / p.name for p in final.iterdir()}
-    assert {p.name for p in final.iterdir()} >= {"model.safetensors", "ema.safetensors", "optimizer.pt", RNG_FILE,
-                                                  "trainer.json"}
-    assert expected | {final.with_name(final.name + ".tmp"), run / "metrics.jsonl"} <= synced_before
+    tmp = final.with_name(final.name + ".tmp")
+    expected = {tmp / p.relative_to(final) for p in final.rglob("*")}
+    assert {p.relative_to(final).as_posix() for p in final.rglob("*")} >= {
+        ".metadata", "__0_0.distcp", "trainer.json", "rng", "rng/rank_0.safetensors", "rng/dp_0.safetensors"}
+    assert "ema" in json.loads((final / "trainer.json").read_text())["tensors"]
+    assert expected | {tmp, run / "metrics.jsonl"} <= synced_before
     assert ("fsync", run / "checkpoints") in events[published:]  # the new name itself is durable
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]  # step 1 removed, nothing left over
 

@@ -144,9 +144,10 @@ def load_state_dict(path: str | Path, *, map_location: str | torch.device = "cpu
 
 
 def read_weights(path: str | Path) -> StateDict:
-    """DiT weights in our layout from a file: our safetensors, a single-process training checkpoint
-    directory, the published ``dit.pt``, or a single-file Megatron checkpoint. (The sharded DCP
-    folder of a torchrun run is read one layer up: mugv.distributed.checkpoint.read_model_weights.)"""
+    """DiT weights in our layout from a file: our safetensors, a folder holding ``model.safetensors``
+    (a training step folder of an older mugv), the published ``dit.pt``, or a single-file Megatron
+    checkpoint. (The DCP step folder that training writes is read one layer up:
+    mugv.distributed.checkpoint.read_model_weights.)"""
     path = Path(path)
     if path.is_dir() and (path / ".metadata").is_file():
         raise CheckpointLayoutError(f"{path} is a distributed (DCP) checkpoint: read it with "
