@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from mugv.video.reader import is_media_path
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "summary.txt"
 _FINGERPRINT_THREADS = 16
+_ORPHAN_CHECK_SECONDS = 0.5
 # Fresh interpreters: forking a parent that has run codec or OpenCV threads can deadlock.
 _SPAWN = multiprocessing.get_context("spawn")
 
@@ -411,3 +413,12 @@ def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the processes
+    # A runner killed with SIGKILL cannot stop its pool: each worker leaves once its parent is gone,
+    # rather than finishing its video for nobody and waiting forever on the pool's queue.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_ORPHAN_CHECK_SECONDS)
+    os._exit(1)

@@ -39,6 +39,26 @@ def _curate_command(corpus: Path, out: Path) -> tuple[list[str], dict]:
     return command, {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _parts(out: Path) -> list[Path]:
     return sorted(out.glob("parts/*/shard-*.parquet"))
 
@@ -52,15 +72,21 @@ def test_a_run_killed_half_way_resumes_to_the_same_manifest(tmp_path):
 
     out = tmp_path / "killed"
     command, env = _curate_command(corpus, out)
-    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Killed with a pool of two workers, resumed in-process: how rows were computed does not show.
+    run = subprocess.Popen([*command, "--run.workers=2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(_parts(out)) < 2 and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    workers = _children(run.pid)
     run.send_signal(signal.SIGKILL)
     run.wait()
     written = len(_parts(out))
     assert run.returncode == -signal.SIGKILL, run.stderr.read().decode()[-2000:]
     assert 2 <= written < shards and not (out / "manifest.parquet").exists()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) >= 2 and not any(_running(pid) for pid in workers)  # no worker outlives the runner
     done = sum(len(set(pq.read_table(p, columns=["video_id"]).column(0).to_pylist())) for p in _parts(out))
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
