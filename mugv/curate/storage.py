@@ -90,8 +90,9 @@ def _filesystem_class(protocol: str, where: str) -> type:
     except ValueError as exc:
         raise _unknown_protocol(protocol, where) from exc
     except ImportError as exc:
-        raise ConfigError(f"{where}: reading {protocol}:// needs a package that is not installed: {exc} "
-                          "(e.g. pip install 'mugv[s3]' or 'mugv[gcs]')") from exc
+        extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
+        hint = f" (pip install 'mugv[{extra}]')" if extra else ""
+        raise ConfigError(f"{where}: reading {protocol}:// needs a package that is not installed: {exc}{hint}") from exc
 
 
 def _unknown_protocol(protocol: str, where: str) -> ConfigError:

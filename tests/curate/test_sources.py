@@ -4,6 +4,7 @@ in a config or a URL."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import fsspec
@@ -85,6 +86,9 @@ def test_listing_errors_name_the_list_line_and_protocol(store, tmp_path):
         read_inputs(listing)
     with pytest.raises(ConfigError, match="unknown protocol 'foo://'"):
         read_inputs("foo://bucket/videos/")
+    if importlib.util.find_spec("s3fs") is None:  # an optional extra: its absence is named with the fix
+        with pytest.raises(ConfigError, match=r"input s3://bucket/videos: reading s3:// needs .*pip install 'mugv\[s3\]'"):
+            read_inputs("s3://bucket/videos")
     with pytest.raises(ConfigError, match="credentials in a URL are refused"):
         read_inputs("memory://user:password@videos/")
 
