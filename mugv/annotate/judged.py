@@ -33,9 +33,10 @@ def answer_with_judge(campaign: Campaign, store: AnswerStore, judge: Judge, seco
 
 
 def judged_campaign(videos: list, out: Path, judge: Judge, mode: str = "sidebyside", annotators: int = 3,
-                    labels_per_item: int = 3, gold: int = 0, rounds: int = 1000, name: str = "judged") -> dict:
+                    labels_per_item: int = 3, gold: int = 0, rounds: int = 1000, name: str = "judged",
+                    aspects: list[str] | None = None) -> dict:
     """Write a campaign of `videos` (campaign.Video entries, paths relative to `out`) under `out`, let
-    `judge` stand in for `annotators` people, and write the stats page (`out/stats.html`), its figures
+    `judge` stand in for `annotators` people (pairwise: judging `aspects`, default all), and write the stats page (`out/stats.html`), its figures
     (`out/stats.json`) and the exports (`out/export/`). Returns the figures, as `mugv annotate stats` does.
 
     This is the demo's entry point: its synthetic judge answers as people would through the app."""
@@ -49,7 +50,7 @@ def judged_campaign(videos: list, out: Path, judge: Judge, mode: str = "sidebysi
     out = Path(out)
     spec = CampaignFile(name=name, mode=mode, labels_per_item=labels_per_item, lead_token=new_token(),
                         annotators=[Annotator(name=f"judge{i + 1}", token=new_token()) for i in range(annotators)],
-                        videos=list(videos))
+                        videos=list(videos), **({"aspects": list(aspects)} if aspects else {}))
     if gold:
         add_gold(spec, out, gold)
     campaign = save_campaign(spec, out / f"{name}.toml")

@@ -2,7 +2,7 @@
 
 corpus -> `mugv curate` -> `mugv vae train` + `mugv vae eval` -> `mugv encode` -> `mugv train`
 -> `mugv generate` -> prompt-adherence scoring, `mugv eval`, a `mugv annotate` grading campaign with
-synthetic judges -> report.html.
+synthetic judges -> post-training (Flow-DPO on the SFT model's samples, judged pairwise) -> report.html.
 
 Each stage runs the same command a user would, on the files the previous stage wrote, so any of
 them can be rerun alone. A stage whose output exists is skipped: a stopped demo resumes.
@@ -38,12 +38,14 @@ class DemoPlan:
     seeds_per_prompt: int = 2
     vae_overrides: tuple[str, ...] = ()
     dit_overrides: tuple[str, ...] = ()
+    dpo_overrides: tuple[str, ...] = ()
+    preference_prompts: int = 0  # training prompts the post-training samples (0: all of them)
 
     @classmethod
     def quick(cls) -> "DemoPlan":
         return cls(clips_per_scene=1, sample_steps=2, seeds_per_prompt=1,
                    vae_overrides=("--train.steps=4", "--stages.spatial_steps=1", "--stages.temporal_steps=1"),
-                   dit_overrides=("--train.steps=4",))
+                   dit_overrides=("--train.steps=4",), dpo_overrides=("--train.steps=2",), preference_prompts=2)
 
 
 def run(command: list[str]) -> None:
@@ -195,13 +197,47 @@ class Demo:
     def generate(self, dit_dir: Path, vae_weights: Path) -> list[tuple[Path, Scene]]:
         table, cases = self.prompts()
         out = self.out / "generate"
-        checkpoint = latest_checkpoint_dir(dit_dir)
-        run(["generate", "--dit", str(checkpoint), "--vae", str(vae_weights), "--vae-preset", "tiny",
+        self.render(table, out, latest_checkpoint_dir(dit_dir), vae_weights)
+        return [(out / f"{name}.mp4", scene) for name, scene in cases]
+
+    def render(self, table: Path, out: Path, dit: Path, vae_weights: Path, lora: Path | None = None) -> None:
+        """`mugv generate` of a prompts table with the demo's sampling settings."""
+        run(["generate", "--dit", str(dit), "--vae", str(vae_weights), "--vae-preset", "tiny",
+             *(["--lora", str(lora)] if lora else []),
              "--text-encoder", "minilm", "--prompts", str(table), "--out", str(out), "--height", "64", "--width", "64",
              "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", str(DEFAULT_CFG_SCALE),
              # guidance against the null text the model learned through caption dropout
              "--negative-prompt", ""])
-        return [(out / f"{name}.mp4", scene) for name, scene in cases]
+
+    def post_train(self, dit_dir: Path, vae_weights: Path) -> dict:
+        """Flow-DPO on the SFT model's own samples, labelled by the world's truth (mugv.demo.posttrain);
+        the held-out prompts are rendered again with the DPO adapter, same seeds, to compare."""
+        from mugv.demo.posttrain import candidate_table, label_candidates
+
+        post = self.out / "post"
+        sft = latest_checkpoint_dir(dit_dir)
+        scenes = self.train_scenes[:self.plan.preference_prompts or None]
+        table, cases = candidate_table(scenes, self.seed, post / "candidates")
+        if not all((post / "candidates" / f"{name}.mp4").is_file() for name, _ in cases):
+            self.render(table, post / "candidates", sft, vae_weights)
+        labels, counts = post / "labels", post / "labels.json"
+        if not counts.is_file():  # the campaign's answers are stored once: a resumed demo reads them back
+            figures = label_candidates([(post / "candidates" / f"{name}.mp4", scene) for name, scene in cases], labels)
+            counts.write_text(json.dumps({k: figures[k] for k in ("candidates", "candidates_fully_right")}, indent=2))
+        figures = json.loads(counts.read_text())
+        pairs = labels / "export" / "dpo.jsonl"
+        figures["pairs"] = len(pairs.read_text().splitlines())
+        if not figures["pairs"]:  # every two samples of a prompt equally right: nothing to prefer
+            return figures
+        run(["encode", str(pairs), "--out", str(post / "shards"), "--vae-preset", "tiny",
+             "--vae-weights", str(vae_weights), "--text-encoder", "minilm", "--text-max-tokens", "32",
+             "--buckets", "17x64x64", "--no-progress"])
+        dpo_dir = post / "dpo"
+        run(["train", "--config", "dpo-demo", f"--data.shards={post / 'shards'}", f"--run_dir={dpo_dir}",
+             f"--checkpoint.init_weights={sft}", *self.training_flags(), *self.plan.dpo_overrides])
+        held_out, _ = self.prompts()
+        self.render(held_out, post / "generate", sft, vae_weights, lora=dpo_dir / "lora.safetensors")
+        return figures
 
     def evaluate(self) -> Path:
         """`mugv eval` on the generated videos (offline metrics, with the demo world's adherence)."""
@@ -237,10 +273,12 @@ class Demo:
             eval_dir = self.evaluate()
         with self.stage("annotate"):
             grades = self.annotate(videos)
+        with self.stage("post-train"):
+            preferences = self.post_train(dit_dir, vae_weights)
         with self.stage("report"):
             from mugv.demo.summary import write_demo_report
 
-            report = write_demo_report(self, manifest, dit_dir, videos, eval_dir, grades)
+            report = write_demo_report(self, manifest, dit_dir, videos, eval_dir, grades, preferences)
         print(f"\nmugv demo: report at {report}")
         return report
 

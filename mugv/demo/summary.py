@@ -110,10 +110,12 @@ def generation_section(videos: list[tuple[Path, Scene]]) -> tuple[Section, dict]
 
 
 def write_demo_report(demo, manifest: Path, dit_dir: Path, videos: list[tuple[Path, Scene]], eval_dir: Path,
-                      grades: dict) -> Path:
+                      grades: dict, preferences: dict) -> Path:
     from mugv.demo.assess import annotation_section, eval_section
+    from mugv.demo.posttrain import post_training_section
 
     generation, figures = generation_section(videos)
+    post_training, figures["post_training"] = post_training_section(demo.out, videos, preferences)
     (demo.out / "adherence.json").write_text(json.dumps(figures, indent=2))
     timings = [[name, round(seconds, 1)] for name, seconds in demo.timings.items()]
     total = sum(demo.timings.values())
@@ -124,6 +126,7 @@ def write_demo_report(demo, manifest: Path, dit_dir: Path, videos: list[tuple[Pa
         generation,
         eval_section(eval_dir),
         annotation_section(grades),
+        post_training,
         Section("Time per stage", f"{total / 60:.1f} minutes in all (the report itself not counted).",
                 tables=[(["stage", "seconds"], timings)]),
     ]

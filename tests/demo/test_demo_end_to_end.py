@@ -10,10 +10,12 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--quick"]) == 0
     report = (out / "report.html").read_text()
     for heading in ("Curation", "Video VAE", "DiT training", "Generated videos", "Offline metrics (mugv eval)",
-                    "Human-evaluation stand-in (mugv annotate)", "Time per stage"):
+                    "Human-evaluation stand-in (mugv annotate)", "Post-training: Flow-DPO on judged samples",
+                    "Time per stage"):
         assert heading in report
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings) == {"corpus", "curate", "vae", "encode", "train", "generate", "eval", "annotate", "report"}
+    assert set(timings) == {"corpus", "curate", "vae", "encode", "train", "generate", "eval", "annotate", "post-train",
+                                                            "report"}
     adherence = json.loads((out / "adherence.json").read_text())
     assert adherence["videos"] == 7 and 0.0 <= adherence["color_accuracy"] <= 1.0
     assert 0.0 <= adherence["shape_accuracy"] <= 1.0
@@ -24,5 +26,13 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     assert len(list((out / "generate").glob("*.mp4"))) == 7
     strips = sorted((out / "generate").glob("*.frames.png"))
     assert len(strips) == 7 and all(f"src='generate/{s.name}'" in report for s in strips)
+    # post-training: 2 prompts x 4 judged samples, every pair once; the held-out prompts rendered again
+    post = adherence["post_training"]
+    assert post["labels"]["candidates"] == 8 and len(list((out / "post" / "candidates").glob("*.mp4"))) == 8
+    pairs = (out / "post" / "labels" / "export" / "dpo.jsonl").read_text().splitlines()
+    assert post["labels"]["pairs"] == len(pairs) <= 2 * 6  # 2 prompts, every two of 4 samples once
+    if pairs:  # a 4-step model's samples may all be equally wrong: then there is nothing to prefer
+        assert post["dpo"]["steps"] == 2 and set(post) == {"SFT", "SFT + DPO", "dpo", "labels"}
+        assert len(list((out / "post" / "generate").glob("*.mp4"))) == 7
     # a rerun resumes: finished stages are not redone
     assert main(["demo", "--out", str(out), "--quick"]) == 0
