@@ -10,12 +10,16 @@ each per round, median over rounds (CPU: the process's CPU seconds, as a busy ma
 wall-clock unevenly). DPO trains on B pairs
 = 2B clips; the SFT baseline trains on the same 2B clips as plain samples, so the ratio is the
 price of the reference alone.
-  full weights: sft vs dpo / frozen_copy (a second model, no optimizer state) and dpo / precomputed
-                (one model; the recording pass, one reference forward per clip, is timed apart)
+  full weights: sft vs dpo / frozen_copy (a second model, no optimizer state), the same with the
+                copy's blocks in CPU memory, streamed to the device block by block
+                (preference.reference_offload), and dpo / precomputed (one model; the recording
+                pass, one reference forward per clip, is timed apart)
   LoRA:         sft + LoRA vs dpo / adapters_off (one model, a second forward with adapters off)
 Memory: CPU, peak RSS above the RSS before the model was built (Linux); CUDA, peak allocated.
+On the CPU the device is the host, so offloading saves nothing there: the run also prints the
+most bytes of the copy's block weights that were on the device at once (the streamer's count).
 Target: adapters_off and precomputed within 1.1x of their SFT step's memory; frozen_copy pays one
-model's weights more.
+model's weights more, frozen_copy+offload at most two blocks' weights more.
 """
 
 from __future__ import annotations
@@ -44,14 +48,16 @@ from mugv.train.objectives import (
     build_reference,
 )
 
-MODES = {  # name: (objective, reference mode, LoRA)
-    "sft": ("flow", ReferenceMode.NONE, False),
-    "dpo/frozen_copy": ("dpo", ReferenceMode.FROZEN_COPY, False),
-    "dpo/precomputed": ("dpo", ReferenceMode.PRECOMPUTED, False),
-    "sft+lora": ("flow", ReferenceMode.NONE, True),
-    "dpo/adapters_off": ("dpo", ReferenceMode.ADAPTERS_OFF, True),
+MODES = {  # name: (objective, reference mode, LoRA, the frozen copy offloaded)
+    "sft": ("flow", ReferenceMode.NONE, False, False),
+    "dpo/frozen_copy": ("dpo", ReferenceMode.FROZEN_COPY, False, False),
+    "dpo/frozen_copy+offload": ("dpo", ReferenceMode.FROZEN_COPY, False, True),
+    "dpo/precomputed": ("dpo", ReferenceMode.PRECOMPUTED, False, False),
+    "sft+lora": ("flow", ReferenceMode.NONE, True, False),
+    "dpo/adapters_off": ("dpo", ReferenceMode.ADAPTERS_OFF, True, False),
 }
-BASELINE = {"dpo/frozen_copy": "sft", "dpo/precomputed": "sft", "dpo/adapters_off": "sft+lora"}
+BASELINE = {"dpo/frozen_copy": "sft", "dpo/frozen_copy+offload": "sft", "dpo/precomputed": "sft",
+            "dpo/adapters_off": "sft+lora"}
 
 
 def proc_status_kib(field: str) -> int:
@@ -80,7 +86,7 @@ class ModeStep:
     """One training step (objective, backward, AdamW) of a mode, on its own model from seed 0."""
 
     def __init__(self, mode_name: str, args, device: torch.device):
-        objective_name, mode, lora = MODES[mode_name]
+        objective_name, mode, lora, offload = MODES[mode_name]
         cfg = load_config("debug", [f"--model.depth={args.depth}", f"--model.hidden_size={args.hidden}",
                                     f"--data.batch_size={args.pairs}", f"--data.latent_frames={args.frames}",
                                     f"--data.latent_height={args.size}", f"--data.latent_width={args.size}"])
@@ -96,7 +102,11 @@ class ModeStep:
             self.batches = [b.candidates() for b in self.batches]  # the same clips, as plain samples
         else:
             self.objective = FlowDPOObjective(cfg.flow, cfg.preference, policy, mode)
-        self.reference = build_reference(mode, self.model) if mode is not ReferenceMode.ADAPTERS_OFF else None
+        self.reference = None
+        if mode is not ReferenceMode.ADAPTERS_OFF:
+            self.reference = build_reference(mode, self.model, offload=offload)
+            if self.reference is not None:
+                self.reference.stream_blocks(device)  # when offloaded
         if lora:
             apply_lora(self.model, LoRAConfig(rank=16))
             if mode is ReferenceMode.ADAPTERS_OFF:
@@ -136,7 +146,13 @@ def memory_worker(args) -> dict:
     run = ModeStep(args.mode, args, device)
     run.step()
     run.step()
-    return {"memory_mib": peak_memory_mib(device, run.start_kib)}
+    out = {"memory_mib": peak_memory_mib(device, run.start_kib)}
+    streamer = run.reference.streamer if run.reference is not None else None
+    if streamer is not None:
+        out["streamed_peak_mib"] = streamer.peak_resident_bytes / 2**20
+        blocks = run.reference.module.blocks
+        out["copy_blocks_mib"] = sum(p.numel() * p.element_size() for p in blocks.parameters()) / 2**20
+    return out
 
 
 def main() -> None:
@@ -153,11 +169,14 @@ def main() -> None:
     if args.mode:
         print(json.dumps(memory_worker(args)))
         return
-    memory = {}
+    memory, streamed = {}, {}
     for mode in MODES:
         out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--mode", mode], check=True, capture_output=True,
                              text=True)
-        memory[mode] = json.loads(out.stdout.strip().splitlines()[-1])["memory_mib"]
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        memory[mode] = result["memory_mib"]
+        if "streamed_peak_mib" in result:
+            streamed[mode] = (result["streamed_peak_mib"], result["copy_blocks_mib"])
     # Time: every mode in this process, one step each per round, so that a change in the machine's
     # load falls on all modes alike; one warm-up round.
     device = torch.device(args.device)
@@ -174,11 +193,14 @@ def main() -> None:
     print(f"device {args.device}; MUG-DiT depth {args.depth} hidden {args.hidden}; {args.pairs} pairs of "
           f"{args.frames}x{args.size}x{args.size} latents; step: {clock}, median of {args.steps} interleaved "
           f"rounds; memory: {kind}, 2 steps in a fresh process")
-    print(f"{'mode':<18} {'step ms':>9} {'memory MiB':>11} {'time x':>7} {'memory x':>9}  vs")
+    print(f"{'mode':<24} {'step ms':>9} {'memory MiB':>11} {'time x':>7} {'memory x':>9}  vs")
     for mode in MODES:
         base = BASELINE.get(mode, mode)
-        print(f"{mode:<18} {1000 * step[mode]:9.1f} {memory[mode]:11.1f} {step[mode] / step[base]:7.2f} "
+        print(f"{mode:<24} {1000 * step[mode]:9.1f} {memory[mode]:11.1f} {step[mode] / step[base]:7.2f} "
               f"{memory[mode] / memory[base]:9.2f}  {BASELINE.get(mode, '-')}")
+    for mode, (peak, total) in streamed.items():
+        print(f"{mode}: at most {peak:.1f} MiB of the copy's {total:.1f} MiB of block weights were on the device "
+              f"at once ({peak / total:.2f}); the rest stayed in CPU memory")
     record = runs["dpo/precomputed"].record_s
     print(f"precomputed: the recording pass costs {1000 * record:.1f} ms per batch, once "
           f"({record / step['sft']:.2f} x an SFT step)")

@@ -278,6 +278,9 @@ class PreferenceConfig:
     sft_weight: float = 0.0  # weight of the flow loss on the preferred / desirable samples (a regulariser)
     # auto: LoRA adapters off when lora.rank > 0, else a frozen copy; precomputed: recorded in the data
     reference: Literal["auto", "adapters_off", "frozen_copy", "precomputed"] = "auto"
+    # frozen_copy only: keep the copy's block weights in CPU memory and stream each block to the
+    # device for its forward (sharded: FSDP2's CPUOffloadPolicy); saves one model's weights of device memory
+    reference_offload: bool = False
 
     def validate(self) -> None:
         _require(self.beta > 0, "preference.beta", self.beta, "must be > 0")

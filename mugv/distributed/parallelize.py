@@ -170,8 +170,10 @@ def apply_block_transforms(blocks, cfg: ParallelConfig) -> None:
             block.compile()
 
 
-def apply_fsdp(model: nn.Module, blocks, plan: ParallelPlan, cfg: ParallelConfig) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def apply_fsdp(model: nn.Module, blocks, plan: ParallelPlan, cfg: ParallelConfig, cpu_offload: bool = False) -> None:
+    """FSDP2 per block, then the rest; `cpu_offload`: the shards live in CPU memory and each
+    block's weights are copied to the device for its forward (CPUOffloadPolicy)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     dims, mesh = plan.dims, plan.mesh
     dp_mesh = mesh["dp_replicate", "dp_shard_cp"] if dims.dp_replicate > 1 else mesh["dp_shard_cp"]
@@ -179,9 +181,10 @@ def apply_fsdp(model: nn.Module, blocks, plan: ParallelPlan, cfg: ParallelConfig
     # raw timestep (0..1000) and the RoPE tables to bf16.
     mp = MixedPrecisionPolicy(param_dtype=DTYPES[cfg.param_dtype], reduce_dtype=DTYPES[cfg.reduce_dtype],
                               cast_forward_inputs=False)
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
     for block in blocks:
-        fully_shard(block, mesh=dp_mesh, mp_policy=mp)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp)
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, offload_policy=offload)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, offload_policy=offload)
     plan.fsdp = True
 
 
@@ -194,11 +197,13 @@ def parallelize_dit(
     *,
     blocks: list[nn.Module] | None = None,
     split_tokens: bool = True,
+    cpu_offload: bool = False,
 ) -> ParallelPlan:
     """Apply TP/SP, CP, activation checkpointing, compile and FSDP2 to `model` in place.
 
     `model` is a MUGDiT, or a pipeline stage (mugv.distributed.pipeline.DiTStage) with its
     `blocks` and `split_tokens` = whether it embeds the tokens itself (the first stage).
+    `cpu_offload`: FSDP2, when it shards, keeps the shards in CPU memory (a frozen reference copy).
     """
     rank = dist.get_rank() if rank is None else rank
     plan = ParallelPlan(dims=dims, mesh=mesh, coords=dims.coordinates(rank))
@@ -213,7 +218,7 @@ def parallelize_dit(
         _install_sequence_split(model, blocks, plan, split_tokens)
     apply_block_transforms(blocks, cfg)
     if dims.fsdp_enabled:
-        apply_fsdp(model, blocks, plan, cfg)
+        apply_fsdp(model, blocks, plan, cfg, cpu_offload)
     return plan
 
 

@@ -85,12 +85,17 @@ class Runtime:
         self.plan = parallelize_dit(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank)
         return self.plan
 
-    def parallelize_copy(self, model: torch.nn.Module) -> ParallelPlan:
-        """Lay out a frozen copy of the model (a preference objective's reference) as the model is."""
+    def parallelize_copy(self, model: torch.nn.Module, cpu_offload: bool = False) -> ParallelPlan:
+        """Lay out a frozen copy of the model (a preference objective's reference) as the model is;
+        `cpu_offload`: FSDP2 keeps its shards in CPU memory (one process: the caller streams its blocks)."""
         if self.dims.pp > 1:
             raise ConfigError(f"train.objective = {self.cfg.train.objective!r} keeps a frozen reference copy, "
                               "which parallel.pp > 1 does not support")
-        return parallelize_model(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank)
+        if cpu_offload and self.world_size > 1 and not self.dims.fsdp_enabled:
+            raise ConfigError("preference.reference_offload = true on several ranks offloads FSDP2 shards: it needs "
+                              "parallel.dp_shard, dp_replicate or cp > 1")
+        return parallelize_model(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank,
+                                 cpu_offload=cpu_offload)
 
     # ------------------------------------------------------------------------------------------
     # Pipeline parallel

@@ -117,10 +117,10 @@ class Trainer:
         self.curriculum = Curriculum(cfg)
         self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy, self.runtime.dp_group)
         # made before parallelizing, so that a frozen copy is sharded like the model
-        self.reference = build_reference(self.objective.reference, self.model)
+        self.reference = build_reference(self.objective.reference, self.model, cfg.preference.reference_offload)
         self.runtime.parallelize(self.model)
-        if self.reference is not None and self.reference.separate:
-            self.runtime.parallelize_copy(self.reference.module)
+        if self.reference is not None:
+            self.reference.parallelize(self.runtime)
         self.data = data or self.runtime.data_source()
         self.samples_seen = 0
         self._image_fraction: float | None = None

@@ -50,11 +50,12 @@ class FirstGradients:
 
 
 def preference_run(rank: int, world: int, objective: str, reference: str, run_dir: str, parallel: dict | None = None,
-                   steps: int = 3) -> dict:
+                   steps: int = 3, offload: bool = False) -> dict:
     """Train `steps` steps; the per-step metrics, the first step's gradients, the final weights, and
-    whether the model and a frozen reference copy are sharded."""
-    trainer = preference_trainer(run_dir, f"{objective}-{reference}-{world}", objective, reference, world, rank,
-                                 parallel or {}, steps)
+    whether the model and a frozen reference copy are sharded (and the copy's shards in CPU memory)."""
+    trainer = preference_trainer(run_dir, f"{objective}-{reference}-{world}{'-offload' * offload}", objective,
+                                 reference, world, rank, parallel or {}, steps,
+                                 ("--preference.reference_offload=true",) if offload else ())
     first = FirstGradients()
     trainer.hooks = (first,)
     history = trainer.fit()
@@ -63,7 +64,15 @@ def preference_run(rank: int, world: int, objective: str, reference: str, run_di
         "history": history, "grads": first.grads, "weights": full_state_dict(trainer.model),
         "sharded": all(_sharded(p) for p in trainer.model.parameters() if p.ndim == 2),
         "reference_sharded": copy is not None and all(_sharded(p) for p in copy.parameters() if p.ndim == 2),
+        "reference_offloaded": copy is not None and _offloaded(copy),
     }
+
+
+def _offloaded(module: torch.nn.Module) -> bool:
+    """Whether FSDP2 keeps every shard of `module` in CPU memory (CPUOffloadPolicy)."""
+    groups = [m._get_fsdp_state()._fsdp_param_group for m in module.modules() if hasattr(m, "_get_fsdp_state")]
+    params = [p for group in groups if group is not None for p in group.fsdp_params]
+    return bool(params) and all(p.offload_to_cpu and p.sharded_param.device.type == "cpu" for p in params)
 
 
 def _sharded(p: torch.Tensor) -> bool:

@@ -1,7 +1,8 @@
 """Flow-DPO and Flow-KTO under FSDP2 on 2 gloo ranks (dp_shard = 2, each rank its pairs or
 labelled samples of the global batch) against one process with the whole batch: the same loss
 and KTO reference point every step, the same first-step gradients and the same weights after
-the steps, with the LoRA adapters-off reference and with a frozen copy sharded like the model.
+the steps, with the LoRA adapters-off reference and with a frozen copy sharded like the model
+(also with its shards in CPU memory: preference.reference_offload, FSDP2's CPUOffloadPolicy).
 Tolerances: fp32 reduction order (tests/numerics_testing), relative to each tensor's scale."""
 
 from __future__ import annotations
@@ -13,26 +14,30 @@ from dist_harness import run_once, run_scenarios
 
 from numerics_testing import assert_close_to_scale
 
-RUNS = [("dpo", "adapters_off"), ("dpo", "frozen_copy"), ("kto", "adapters_off"), ("kto", "frozen_copy")]
+# (objective, reference, the frozen copy's shards offloaded to CPU memory)
+RUNS = [("dpo", "adapters_off", False), ("dpo", "frozen_copy", False), ("kto", "adapters_off", False),
+        ("kto", "frozen_copy", False), ("dpo", "frozen_copy", True)]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     def run(root):
-        return run_scenarios(2, [(f"{o} {r}", ps.preference_run,
-                                  {"objective": o, "reference": r, "run_dir": str(root), "parallel": {"dp_shard": 2}})
-                                 for o, r in RUNS])
+        return run_scenarios(2, [(f"{o} {r} {offload}", ps.preference_run,
+                                  {"objective": o, "reference": r, "run_dir": str(root), "parallel": {"dp_shard": 2},
+                                   "offload": offload})
+                                 for o, r, offload in RUNS])
 
     return run_once(tmp_path_factory, "preference-2-ranks", run)[0]
 
 
-@pytest.mark.parametrize("objective,reference", RUNS)
-def test_two_ranks_train_like_one(two_ranks, tmp_path, objective, reference):
-    status, ours = two_ranks[f"{objective} {reference}"]
+@pytest.mark.parametrize("objective,reference,offload", RUNS)
+def test_two_ranks_train_like_one(two_ranks, tmp_path, objective, reference, offload):
+    status, ours = two_ranks[f"{objective} {reference} {offload}"]
     assert status == "ok", ours
-    theirs = ps.preference_run(0, 1, objective, reference, str(tmp_path))
+    theirs = ps.preference_run(0, 1, objective, reference, str(tmp_path))  # the copy kept on the device
     assert ours["sharded"] and not theirs["sharded"]
     assert ours["reference_sharded"] == (reference == "frozen_copy")
+    assert ours["reference_offloaded"] == offload
 
     def series(run, key):
         return [m[key] for m in run["history"]]
