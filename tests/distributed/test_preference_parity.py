@@ -45,9 +45,17 @@ def test_two_ranks_train_like_one(two_ranks, tmp_path, objective, reference, off
     # the losses pass the velocity errors' rounding on multiplied by beta: 1e-4
     for key in ("loss", "grad_norm"):
         assert_close_to_scale(series(ours, key), series(theirs, key), rel=1e-4)
+    # the logged metrics are the global batch's too: means of errors, and rewards (differences of
+    # errors, times beta) to the scale of the errors they are made of
+    errors = series(theirs, "e_ref_chosen")
+    for key in ("e_theta_chosen", "e_theta_rejected", "e_ref_chosen", "e_ref_rejected", "kl"):
+        assert_close_to_scale(series(ours, key), series(theirs, key))
+    assert_close_to_scale(series(ours, "reward_margin"), series(theirs, "reward_margin"),
+                          scale=[500 * e for e in errors])
+    assert max(abs(m) for m in series(theirs, "reward_margin")) > 1e-2  # the policy left its reference
     if objective == "kto":  # z, the mean reward of the global batch (both ranks'), a difference of errors
         assert max(series(theirs, "kto_z")) > 0
-        assert_close_to_scale(series(ours, "kto_z"), series(theirs, "kto_z"), scale=series(theirs, "e_ref_chosen"))
+        assert_close_to_scale(series(ours, "kto_z"), series(theirs, "kto_z"), scale=errors)
     assert ours["grads"].keys() == theirs["grads"].keys()
     for name, grad in theirs["grads"].items():
         assert_close_to_scale(ours["grads"][name], grad, rel=1e-5)

@@ -43,6 +43,16 @@ def global_sum(value: torch.Tensor, dp_group=None) -> torch.Tensor:
     return value
 
 
+def global_means(values: dict[str, torch.Tensor], dp_group=None) -> dict[str, float]:
+    """The mean of each named 1-D tensor over the global batch (its elements on every rank of
+    `dp_group`), in one all-reduce; a name with no element on any rank is left out."""
+    sums = [v.detach().float().sum() for v in values.values()]
+    counts = [torch.tensor(float(v.numel()), device=s.device) for v, s in zip(values.values(), sums, strict=True)]
+    totals = global_sum(torch.stack(sums + counts), dp_group).tolist()
+    n = len(values)
+    return {name: totals[i] / totals[n + i] for i, name in enumerate(values) if totals[n + i] > 0}
+
+
 def kto_loss(policy_error: torch.Tensor, reference_error: torch.Tensor, desirable: torch.Tensor, beta: float,
              lambda_d: float, lambda_u: float, dp_group=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample Flow-KTO loss and the reference point z, from (B,) velocity errors and (B,) labels.
@@ -170,15 +180,12 @@ class FlowDPOObjective(PreferenceObjective):
         ref_w, ref_l = e.reference[:b], e.reference[b:]
         per_pair, logit = dpo_loss(policy_w, ref_w, policy_l, ref_l, self.pref.beta)
         loss = per_pair.mean() + self.pref.sft_weight * policy_w.mean()
-        metrics = {
-            "dpo_loss": per_pair.mean().item(),
-            "reward_accuracy": (logit > 0).float().mean().item(),
-            "reward_margin": logit.mean().item(),
-            "e_theta_chosen": policy_w.mean().item(), "e_theta_rejected": policy_l.mean().item(),
-            "e_ref_chosen": ref_w.mean().item(), "e_ref_rejected": ref_l.mean().item(),
-        }
+        values = {"dpo_loss": per_pair, "reward_accuracy": (logit > 0).float(), "reward_margin": logit,
+                  "e_theta_chosen": policy_w, "e_theta_rejected": policy_l, "e_ref_chosen": ref_w,
+                  "e_ref_rejected": ref_l}
         if e.velocity_gap is not None:
-            metrics["kl"] = e.velocity_gap.mean().item()
+            values["kl"] = e.velocity_gap
+        metrics = global_means(values, self.dp_group)  # over the global batch, like the loss
         return ObjectiveOutput(loss=loss, per_sample=per_pair.detach(), metrics=metrics)
 
 
@@ -204,17 +211,18 @@ class FlowKTOObjective(PreferenceObjective):
         gap = (e.reference - e.policy).detach()
         right = torch.where(desirable, gap > z, gap < z)
 
-        metrics = {"kto_loss": per_sample.mean().item(), "kto_z": z.item(),
-                   "reward_accuracy": right.float().mean().item()}
-        # per class (desirable as "chosen", undesirable as "rejected"), for the classes this batch holds
+        # per class (desirable as "chosen", undesirable as "rejected"), for the classes the global batch holds
+        values = {"kto_loss": per_sample, "reward_accuracy": right.float()}
         for suffix, keep in (("chosen", desirable), ("rejected", ~desirable)):
-            if keep.any():
-                metrics[f"e_theta_{suffix}"] = e.policy.detach()[keep].mean().item()
-                metrics[f"e_ref_{suffix}"] = e.reference[keep].mean().item()
-        if desirable.any() and not desirable.all():
-            metrics["reward_margin"] = p.beta * (gap[desirable].mean() - gap[~desirable].mean()).item()
+            values |= {f"e_theta_{suffix}": e.policy[keep], f"e_ref_{suffix}": e.reference[keep],
+                       f"gap_{suffix}": gap[keep]}
         if e.velocity_gap is not None:
-            metrics["kl"] = e.velocity_gap.mean().item()
+            values["kl"] = e.velocity_gap
+        means = global_means(values, self.dp_group)
+        gaps = {suffix: means.pop(f"gap_{suffix}", None) for suffix in ("chosen", "rejected")}
+        metrics = {"kto_z": z.item(), **means}
+        if None not in gaps.values():
+            metrics["reward_margin"] = p.beta * (gaps["chosen"] - gaps["rejected"])
         return ObjectiveOutput(loss=loss, per_sample=per_sample.detach(), metrics=metrics)
 
 
