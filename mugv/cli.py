@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("mugv.commands.annotate", "label videos in a local web app: preferences, grades, side-by-side"),
     "eval": ("mugv.commands.eval", "score generated videos offline; every number says official or proxy"),
     "enhance": ("mugv.commands.enhance", "refine videos with the MUG-V enhancer (the release's weights)"),
+    "enhancer": ("mugv.commands.enhancer", "train an enhancer: (degraded, clean) pairs, then score it on held-out clips"),
 }
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from mugv.enhance.config import WanDiTConfig
 from mugv.errors import ConfigError  # re-exported: commands and stages raise it from here
 from mugv.models.dit.config import DiTConfig
 
@@ -81,7 +82,7 @@ class DataConfig:
     """Where training samples come from. `synthetic` draws a fixed, seeded pool of latents;
     `shards` reads latent + text shards written by `mugv encode` (see docs/data.md)."""
 
-    source: Literal["synthetic", "shards"] = "synthetic"
+    source: Literal["synthetic", "shards", "pairs"] = "synthetic"
     # Samples per batch; with `batching = "cost"` this is the count for the costliest bucket and
     # cheaper buckets take more samples, up to the same estimated compute.
     batch_size: int = 2
@@ -105,6 +106,8 @@ class DataConfig:
     pin_memory: bool = True  # pin batches when a GPU exists
     strict: bool = False  # a bad shard stops the run instead of being reported and skipped
     verify_checksums: bool = True
+    # --- (degraded, clean) latent pairs of an enhancer (source = "pairs"; mugv.data.pairs) ---
+    pairs: str = ""  # folder written by `mugv enhancer pairs`
 
     def validate(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
@@ -114,6 +117,8 @@ class DataConfig:
         _require(self.image_fraction <= 1.0, "data.image_fraction", self.image_fraction, "must be <= 1 (negative: follow the data)")
         _require(self.source != "shards" or bool(self.shards), "data.shards", self.shards,
                  "must name a shard folder or URL when data.source = 'shards'")
+        _require(self.source != "pairs" or bool(self.pairs), "data.pairs", self.pairs,
+                 "must name a pair folder (`mugv enhancer pairs`) when data.source = 'pairs'")
         _require(self.num_samples >= 1, "data.num_samples", self.num_samples, "must be >= 1")
         for name in ("latent_frames", "latent_height", "latent_width", "text_tokens"):
             _require(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), "must be >= 1")
@@ -290,6 +295,19 @@ class PreferenceConfig:
 
 
 @dataclass
+class EnhancerTrainConfig:
+    """The enhancer's objective (train.objective = "enhancer_flow"): the degraded latents are
+    noised to a sigma drawn uniformly from `sigma_range`, around the inference sigma (0.3)."""
+
+    sigma_range: tuple[float, float] = (0.2, 0.4)
+
+    def validate(self) -> None:
+        low, high = self.sigma_range
+        _require(0 < low <= high <= 1, "enhancer.sigma_range", list(self.sigma_range),
+                 "must satisfy 0 < low <= high <= 1")
+
+
+@dataclass
 class SamplingConfig:
     """Render fixed prompts with the weights being trained every `every_steps` steps."""
 
@@ -355,7 +373,8 @@ class StageConfig:
 class RunConfig:
     name: str = "debug"
     run_dir: str = ""  # empty: runs/<name>
-    model: DiTConfig = field(default_factory=DiTConfig)
+    # The trained model; `model.family` picks its config class (MUG-DiT unless it says otherwise).
+    model: DiTConfig | WanDiTConfig = field(default_factory=DiTConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -367,11 +386,14 @@ class RunConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    enhancer: EnhancerTrainConfig = field(default_factory=EnhancerTrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # A curriculum: the trainer moves through these in order; empty trains one stage of train.steps.
     stages: list[StageConfig] = field(default_factory=list)
 
     def validate(self) -> None:
+        _require(self.data.source != "pairs" or self.model.family == "wan-dit", "data.source", self.data.source,
+                 f"feeds an enhancer: it needs model.family = 'wan-dit', not {self.model.family!r}")
         _require(
             self.data.text_tokens <= self.model.max_text_tokens,
             "data.text_tokens",
@@ -405,16 +427,40 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
         key = f"{prefix}{f.name}"
         keys.append(key)
         ftype = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(ftype):
-            keys.extend(dotted_keys(ftype, key + "."))
+        members = list(_family_members(ftype).values()) or ([ftype] if dataclasses.is_dataclass(ftype) else [])
+        for member in members:
+            keys.extend(k for k in dotted_keys(member, key + ".") if k not in keys)
     return keys
 
 
-def _unknown_key_error(root: type, key: str) -> ConfigError:
-    valid = dotted_keys(root)
+def _family_members(ftype: Any) -> dict[str, type]:
+    """A union of model config dataclasses, by the default of their `family` field; {} for any other type."""
+    if typing.get_origin(ftype) not in (typing.Union, types.UnionType):
+        return {}
+    members = [a for a in typing.get_args(ftype) if a is not type(None)]
+    if not all(dataclasses.is_dataclass(m) and "family" in m.__dataclass_fields__ for m in members):
+        return {}
+    return {m.__dataclass_fields__["family"].default: m for m in members}
+
+
+def _family_config_cls(members: dict[str, type], value: Any, key: str) -> type:
+    """The member a section's `family` names (the first member when it names none)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be a table, got {value!r}")
+    family = value.get("family", next(iter(members)))
+    if family not in members:
+        raise ConfigError(f"{key}.family = {family!r} is not one of {', '.join(map(repr, members))}")
+    return members[family]
+
+
+def _unknown_key_error(section: type, prefix: str, key: str) -> ConfigError:
+    """`key` is not in `section` (the dataclass at `prefix`): name it and its closest valid key there."""
+    valid = dotted_keys(section, prefix)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}")
+    family = section.__dataclass_fields__.get("family")
+    where = f" of model family {family.default!r}" if family is not None and prefix else ""
+    return ConfigError(f"unknown config key '{key}'{where}{hint}")
 
 
 def _coerce(value: Any, ftype: Any, key: str) -> Any:
@@ -490,9 +536,8 @@ def _parse_cli_text(text: str, ftype: Any) -> Any:
         return str(text)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, root: type | None = None, prefix: str = "") -> T:
+def from_dict(cls: type[T], data: dict[str, Any], *, prefix: str = "") -> T:
     """Build dataclass `cls` from a (nested) dict, checking every key and value."""
-    root = root or cls
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table, got {data!r}")
     data = dict(data)
@@ -503,7 +548,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, root: type | None = None, p
             while isinstance(value, dict) and value:  # name the full dotted key of a misspelt section
                 inner, value = next(iter(value.items()))
                 key = f"{key}.{inner}"
-            raise _unknown_key_error(root, prefix + key)
+            raise _unknown_key_error(cls, prefix, prefix + key)
     preset = data.get("preset")
     if preset is not None and hasattr(cls, "from_preset"):
         try:
@@ -519,7 +564,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, root: type | None = None, p
         if name not in data:
             values[name] = getattr(base, name)
         elif dataclasses.is_dataclass(ftype):
-            values[name] = from_dict(ftype, data[name], root=root, prefix=key + ".")
+            values[name] = from_dict(ftype, data[name], prefix=key + ".")
+        elif members := _family_members(ftype):
+            chosen = _family_config_cls(members, data[name], key)
+            values[name] = from_dict(chosen, data[name], prefix=key + ".")
         else:
             values[name] = _coerce(data[name], ftype, key)
     cfg = cls(**values)

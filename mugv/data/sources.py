@@ -37,4 +37,8 @@ def build_data_source(cfg: RunConfig, dp_rank: int | None = None, dp_world_size:
         if dp_rank is None or dp_world_size is None:
             dp_rank, dp_world_size = data_parallel_position(cfg)
         return ShardSource(cfg.data, cfg.model, seed=cfg.train.seed, dp_rank=dp_rank, dp_world_size=dp_world_size)
+    if cfg.data.source == "pairs":
+        from mugv.data.pairs import LatentPairSource
+
+        return LatentPairSource(cfg.data, cfg.model.latent_channels, cfg.model.text_dim, seed=cfg.train.seed)
     raise ValueError(f"data.source = {cfg.data.source!r} is not supported")

@@ -17,6 +17,7 @@ from mugv.errors import ConfigError
 @dataclass(frozen=True)
 class WanDiTConfig:
     family: str = "wan-dit"
+    preset: str = "enhancer"
     dim: int = 1536
     ffn_dim: int = 8960
     num_heads: int = 12
@@ -28,6 +29,35 @@ class WanDiTConfig:
     condition_channels: int = 16  # the second patch embedding (low-quality latents); 0: plain Wan T2V
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
+
+    def validate(self) -> None:
+        for name in ("dim", "ffn_dim", "num_heads", "num_layers", "text_dim", "text_len", "freq_dim", "latent_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} = {getattr(self, name)!r} must be >= 1")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"model.dim = {self.dim} must be a multiple of model.num_heads = {self.num_heads}")
+        if self.condition_channels not in (0, self.latent_channels):
+            raise ConfigError(f"model.condition_channels = {self.condition_channels} must be 0 (plain Wan T2V) or "
+                              f"model.latent_channels = {self.latent_channels} (the low-quality latents)")
+
+    @property
+    def max_text_tokens(self) -> int:
+        """Prompt rows the DiT attends to (zero-padded to this many)."""
+        return self.text_len
+
+    def train_flops(self, latent_frames: int, latent_height: int, latent_width: int, text_tokens: int) -> int:
+        """Forward + backward (3x forward) matmul FLOPs per sample. The DiT attends to all
+        `text_len` prompt rows (zero-padded), whatever `text_tokens` is."""
+        p_t, p_h, p_w = self.patch_size
+        s = (latent_frames // p_t) * (latent_height // p_h) * (latent_width // p_w)
+        h, f, c = self.dim, self.ffn_dim, self.text_len
+        per_block = (2 * s * h * 4 * h + 4 * s * s * h  # self attention: q, k, v, o and the scores
+                     + 2 * s * h * 2 * h + 2 * c * h * 2 * h + 4 * s * c * h  # cross attention
+                     + 2 * s * h * f * 2)  # FFN
+        patch = p_t * p_h * p_w
+        outer = (2 * s * (self.latent_channels + self.condition_channels) * patch * h
+                 + 2 * c * (self.text_dim * h + h * h) + 2 * s * h * patch * self.latent_channels)
+        return 3 * (self.num_layers * per_block + outer)
 
     @classmethod
     def from_preset(cls, name: str) -> WanDiTConfig:
@@ -57,7 +87,7 @@ class WanVAEConfig:
 
 WAN_DIT_PRESETS = {
     "enhancer": WanDiTConfig(),
-    "debug": WanDiTConfig(dim=64, ffn_dim=96, num_heads=2, num_layers=2, text_dim=32),
+    "debug": WanDiTConfig(preset="debug", dim=64, ffn_dim=96, num_heads=2, num_layers=2, text_dim=32),
 }
 WAN_VAE_PRESETS = {"wan2.1": WanVAEConfig(), "debug": WanVAEConfig(base_dim=8)}
 

@@ -48,6 +48,7 @@ WAN_DIT = register(ModelFamily(
     name="wan-dit", role="denoiser", config_cls=WanDiTConfig, build=build_wan_dit,
     from_preset=WanDiTConfig.from_preset, presets=tuple(WAN_DIT_PRESETS), layouts=("wan", "diffusers"),
     read_weights=adapters.read_weights, load_weights=adapters.load_dit, num_params=count_params,
+    train_flops=WanDiTConfig.train_flops,
 ))
 
 WAN_VAE = register(ModelFamily(

@@ -14,11 +14,10 @@ LoRA and the condition branch; see `trainable_parameters`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from mugv.data.pairs import LatentPairBatch
 from mugv.enhance.pipeline import dit_velocity
 from mugv.train.objectives.base import ObjectiveOutput, ReferenceMode
 
@@ -26,13 +25,6 @@ from mugv.train.objectives.base import ObjectiveOutput, ReferenceMode
 WAN_LORA_TARGETS = ["blocks.*.attn1.to_q", "blocks.*.attn1.to_k", "blocks.*.attn1.to_v", "blocks.*.attn1.to_out.0",
                     "blocks.*.attn2.to_q", "blocks.*.attn2.to_k", "blocks.*.attn2.to_v", "blocks.*.attn2.to_out.0",
                     "blocks.*.ffn.net.0.proj", "blocks.*.ffn.net.2"]
-
-
-@dataclass
-class EnhancerBatch:
-    clean: torch.Tensor  # (B, 16, F, h, w) normalised latents of the clean clips
-    degraded: torch.Tensor  # same shape, of their degraded copies
-    text: torch.Tensor  # (B, tokens, D) prompt states
 
 
 def restoration_velocity(noised: torch.Tensor, clean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -51,7 +43,7 @@ class EnhancerFlowObjective:
             raise ValueError(f"enhancer sigma range {sigma_range} must satisfy 0 < low <= high <= 1")
         self.sigma_range = sigma_range
 
-    def compute(self, model: nn.Module, batch: EnhancerBatch, generator: torch.Generator,
+    def compute(self, model: nn.Module, batch: LatentPairBatch, generator: torch.Generator,
                 reference: nn.Module | None = None) -> ObjectiveOutput:
         clean, degraded = batch.clean.float(), batch.degraded.float()
         size = clean.shape[0]

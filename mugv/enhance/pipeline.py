@@ -77,6 +77,14 @@ def dit_velocity(dit: nn.Module, zt: torch.Tensor, condition: torch.Tensor, time
     return dit(torch.cat([zt, condition], dim=1), per_token, padded, return_dict=False)[0].float()
 
 
+def latent_normalisation(vae: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel (mean, std) that normalise the VAE's latents, shaped (1, z, 1, 1, 1), float32."""
+    z_dim = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+    return mean, std
+
+
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """`model` in `dtype`, except the submodules diffusers keeps in float32 (`_keep_in_fp32_modules`:
     the Wan DiT's RoPE, time embedder, norms and modulation tables), as `from_pretrained` does."""
@@ -99,9 +107,7 @@ class VideoEnhancer:
         home = "cpu" if offload else self.device
         for module in (self.dit, self.vae, self.text.model):
             module.to(home)
-        z_dim = vae.config.z_dim
-        self.latents_mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
-        self.latents_std = torch.tensor(vae.config.latents_std, dtype=torch.float32).view(1, z_dim, 1, 1, 1)
+        self.latents_mean, self.latents_std = latent_normalisation(vae)
 
     def _using(self, module: nn.Module):
         return visiting(module, self.device, self.offload)

@@ -50,6 +50,17 @@ class UMT5PromptEncoder:
         return self.encode_ids(tokens["input_ids"], tokens["attention_mask"])
 
 
+class EmptyPromptEncoder:
+    """Every prompt -> one zero row of `text_dim` states: for an enhancer trained without a prompt
+    (`train.objective = "enhancer_flow"` on a pair set, whose batches carry that same zero row)."""
+
+    def __init__(self, text_dim: int):
+        self.model, self.text_dim = torch.nn.Identity(), text_dim
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        return torch.zeros(1, self.text_dim)
+
+
 def load_tokenizer(folder: str | Path):
     """The umT5 tokenizer of a local folder (Wan2.1-T2V-1.3B/google/umt5-xxl)."""
     from transformers import AutoTokenizer

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mugv.config import LoRAConfig
+from mugv.data.pairs import LatentPairBatch
 from mugv.enhance.config import WanDiTConfig
 from mugv.enhance.degrade import (
     Degradation,
@@ -16,7 +17,6 @@ from mugv.enhance.degrade import (
 )
 from mugv.enhance.objective import (
     WAN_LORA_TARGETS,
-    EnhancerBatch,
     EnhancerFlowObjective,
     restoration_velocity,
     trainable_parameters,
@@ -73,8 +73,8 @@ def test_training_the_lora_and_condition_branch_lowers_the_loss():
         {n for n, _ in dit.named_parameters() if "lora_" in n} | {"patch_embedding.weight", "patch_embedding.bias"})
     g = torch.Generator().manual_seed(0)
     clean = torch.randn(2, 16, 3, 4, 6, generator=g)
-    batch = EnhancerBatch(clean=clean, degraded=clean + 0.3 * torch.randn(clean.shape, generator=g),
-                          text=torch.randn(2, 6, 32, generator=g))
+    batch = LatentPairBatch(clean=clean, degraded=clean + 0.3 * torch.randn(clean.shape, generator=g),
+                            text=torch.randn(2, 6, 32, generator=g), text_mask=torch.ones(2, 6, dtype=torch.bool))
     objective = EnhancerFlowObjective()
     optimizer = torch.optim.AdamW(params, lr=3e-3)
     losses = []

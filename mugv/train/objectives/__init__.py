@@ -24,7 +24,18 @@ OBJECTIVES: dict[str, Callable[[RunConfig, ConditioningPolicy, object], Objectiv
     "flow": lambda cfg, policy, dp_group: FlowMatchingObjective(cfg.flow, policy),
     "dpo": lambda cfg, policy, dp_group: build_preference_objective(FlowDPOObjective, cfg, policy, dp_group),
     "kto": lambda cfg, policy, dp_group: build_preference_objective(FlowKTOObjective, cfg, policy, dp_group),
+    "enhancer_flow": lambda cfg, policy, dp_group: _enhancer_objective(cfg),
 }
+
+
+def _enhancer_objective(cfg: RunConfig) -> Objective:
+    # imported here: mugv.enhance.objective itself imports this package's base module
+    from mugv.enhance.objective import EnhancerFlowObjective
+
+    if cfg.model.family != "wan-dit" or cfg.data.source != "pairs":
+        raise ConfigError(f"train.objective = 'enhancer_flow' trains an enhancer: it needs model.family = 'wan-dit' "
+                          f"and data.source = 'pairs', not {cfg.model.family!r} and {cfg.data.source!r}")
+    return EnhancerFlowObjective(cfg.enhancer.sigma_range)
 
 
 def build_objective(cfg: RunConfig, policy: ConditioningPolicy, dp_group=None) -> Objective:
