@@ -19,7 +19,7 @@ from mugv.errors import USER_ERROR_EXIT, user_error_message
 
 # name -> (module that registers the command, one-line help for `mugv --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("mugv.commands.train", "train a MUG-DiT"),
+    "train": ("mugv.commands.train", "train a MUG-DiT (or, with --config enhancer, a video enhancer)"),
     "info": ("mugv.commands.info", "parameter count and FLOPs of a model preset"),
     "curate": ("mugv.commands.curate", "curate raw videos into a clip manifest"),
     "expand": ("mugv.commands.expand", "grow a trained DiT's hidden width by an integer factor (HyperCloning)"),

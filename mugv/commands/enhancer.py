@@ -144,6 +144,11 @@ def _load_dit(run: Path, checkpoint: Path | None):
     return dit.eval(), cfg, checkpoint
 
 
+def _relative_error(latents, clean) -> float:
+    """||latents - clean|| / ||clean|| over latent frames 1.. (frame 0 is kept as the input's)."""
+    return float((latents[:, :, 1:] - clean[:, :, 1:]).norm() / clean[:, :, 1:].norm())
+
+
 def _scores(frames, clean) -> tuple[float, float]:
     """PSNR and SSIM of uint8 frames against the clean ones, over frames 1.. (frame 0 is never enhanced)."""
     import torch
@@ -158,13 +163,14 @@ def _scores(frames, clean) -> tuple[float, float]:
 
 def run_eval(args: argparse.Namespace, _: list[str]) -> int:
     import numpy as np
+    import torch
     from safetensors.torch import load_file
 
     from mugv.demo.report import Section, Video, write_report
     from mugv.demo.summary import filmstrip
     from mugv.enhance.config import WanVAEConfig
     from mugv.enhance.pairs import HELD_OUT_FILE, INFO_FILE, VAE_FILE, decode, encode
-    from mugv.enhance.pipeline import EnhanceSettings, VideoEnhancer
+    from mugv.enhance.pipeline import VideoEnhancer
     from mugv.enhance.text import EmptyPromptEncoder
     from mugv.models.registry import build_model, family_of
     from mugv.utils.progress import track
@@ -184,10 +190,16 @@ def run_eval(args: argparse.Namespace, _: list[str]) -> int:
     held = {k: v.numpy() for k, v in load_file(str(args.pairs / HELD_OUT_FILE)).items()}
     args.out.mkdir(parents=True, exist_ok=True)
     rows, videos, scores = [], [], {"degraded": [], "degraded_round_trip": [], "enhanced": [], "clean_round_trip": []}
+    latent_errors: dict[str, list[float]] = {"degraded": [], "enhanced": []}
+    prompt = enhancer.encode_prompts("")[0]
     for i in track(range(len(held["clean"])), desc="enhancer eval", unit="clip"):
         clean, degraded = held["clean"][i], held["degraded"][i]
-        settings = EnhanceSettings(sigma=args.sigma, steps=1, cfg_scale=args.cfg, seed=args.seed + i)
-        enhanced = enhancer.enhance(degraded, "", "", settings)
+        z_clean, z_degraded = encode(vae, clean), encode(vae, degraded)
+        noise = torch.randn(z_degraded.shape, generator=torch.Generator().manual_seed(args.seed + i))
+        z = enhancer.denoise(z_degraded, noise, prompt, prompt, args.sigma, steps=1, cfg_scale=args.cfg)
+        enhanced = decode(vae, z)
+        for name, latents in (("degraded", z_degraded), ("enhanced", z)):
+            latent_errors[name].append(_relative_error(latents, z_clean))
         outputs = {"degraded": degraded, "degraded_round_trip": decode(vae, encode(vae, degraded)),
                    "enhanced": enhanced, "clean_round_trip": decode(vae, encode(vae, clean))}
         for name, frames in outputs.items():
@@ -202,9 +214,10 @@ def run_eval(args: argparse.Namespace, _: list[str]) -> int:
     labels = {"degraded": "degraded input", "degraded_round_trip": "degraded input, VAE round trip (no DiT)",
               "enhanced": "enhanced", "clean_round_trip": "clean clip, VAE round trip (the ceiling)"}
     summary = [[labels[n], f"{means[n][0]:.2f}", f"{means[n][1]:.4f}"] for n in scores]
+    latent_means = {name: float(np.mean(values)) for name, values in latent_errors.items()}
     metrics = {"checkpoint": str(checkpoint), "pairs": str(args.pairs), "sigma": args.sigma, "cfg": args.cfg,
                "seed": args.seed, "clips": len(held["clean"]), "frames_scored": "1..T-1", "mean": means,
-               "per_clip": scores}
+               "per_clip": scores, "latent_relative_error": latent_means, "vae_held_out_psnr": info["vae_held_out_psnr"]}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     text = (f"{len(held['clean'])} held-out clips of scene combinations never trained on, {info['frames']} frames of "
             f"{info['size']}x{info['size']}. PSNR / SSIM against the clean clip over frames 1.. (frame 0 is kept "
@@ -212,10 +225,15 @@ def run_eval(args: argparse.Namespace, _: list[str]) -> int:
             f"step from sigma {args.sigma:g}, guidance {args.cfg:g}, checkpoint {checkpoint}.")
     report = write_report(args.out / "report.html", "mugv enhancer eval", f"run {args.run}, pairs {args.pairs}", [
         Section("Held-out clips: mean over clips", text, tables=[(["output", "PSNR (dB)", "SSIM"], summary)]),
+        Section("Latents: relative L2 error to the clean clip's latents (frames 1..)",
+                "What the DiT changes, independent of how well the VAE reconstructs pixels.",
+                tables=[(["latents", "relative error"], [[n, f"{v:.4f}"] for n, v in latent_means.items()])]),
         Section("Per clip: PSNR (dB)", tables=[(["clip", "caption", *(labels[n] for n in scores)], rows)]),
         Section("Degraded | enhanced | clean", videos=videos),
     ])
     for row in summary:
         print(f"  {row[0]:<44} PSNR {row[1]:>6} dB  SSIM {row[2]}")
+    print(f"  latents, relative L2 error to the clean ones: degraded {latent_means['degraded']:.4f}, "
+          f"enhanced {latent_means['enhanced']:.4f}")
     print(f"mugv enhancer eval: report {report}")
     return 0

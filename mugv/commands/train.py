@@ -11,7 +11,8 @@ from mugv.config import ConfigError, load_config, to_toml
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        description="Train a MUG-DiT. Any config key can be overridden: --optim.lr=1e-4 --train.steps=50.",
+        description="Train a MUG-DiT, or the model family a profile's [model] family names (--config enhancer: "
+                    "a video enhancer). Any config key can be overridden: --optim.lr=1e-4 --train.steps=50.",
     )
     parser.add_argument("--config", default="debug", help="profile name (./configs/NAME.toml, else a shipped one) or a TOML path (default: debug)")
     parser.add_argument("--dry-run", action="store_true",
