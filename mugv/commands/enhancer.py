@@ -120,9 +120,8 @@ def run_pairs(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _load_dit(run: Path, checkpoint: Path | None):
-    from safetensors.torch import load_file
-
     from mugv.config import load_config
+    from mugv.distributed.checkpoint import read_model_weights
     from mugv.models.registry import build_model
     from mugv.train.checkpoint import latest_checkpoint
     from mugv.train.lora import apply_lora, merge_lora
@@ -134,12 +133,14 @@ def _load_dit(run: Path, checkpoint: Path | None):
     if cfg.model.family != "wan-dit":
         raise EnhancerRecipeError(f"--run {run} trained model.family = {cfg.model.family!r}, not an enhancer (wan-dit)")
     checkpoint = checkpoint or latest_checkpoint(cfg.checkpoint_dir if cfg.checkpoint.dir else run / "checkpoints")
-    if checkpoint is None or not (checkpoint / "model.safetensors").is_file():
-        raise EnhancerRecipeError(f"--run {run}: no checkpoint with a model.safetensors")
+    if checkpoint is None or not checkpoint.is_dir():
+        raise EnhancerRecipeError(f"--run {run}: no checkpoint (train it first, or name one with --checkpoint)")
     dit = build_model(cfg.model)
     if cfg.lora.rank:
         apply_lora(dit, cfg.lora)
-    dit.load_state_dict(load_file(str(checkpoint / "model.safetensors")))
+    weights = read_model_weights(checkpoint, cfg.model.family)
+    buffers = {name for name, _ in dit.named_buffers()}  # the RoPE tables: saved, but rebuilt by the model
+    dit.load_state_dict({k: v for k, v in weights.items() if k not in buffers or k in dit.state_dict()})
     merge_lora(dit)
     return dit.eval(), cfg, checkpoint
 

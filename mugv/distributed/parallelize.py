@@ -223,13 +223,26 @@ def parallelize_dit(
 
 
 # Each model family's parallelize function, by the family name of mugv.models.registry.
-PARALLELIZE = {"mug-dit": parallelize_dit}
+def one_process_only(model: nn.Module, dims: ParallelDims, mesh, cfg: ParallelConfig, rank: int | None = None,
+                     **_) -> ParallelPlan:
+    """The layout of a family without a parallel plan (the enhancer's Wan DiT): one process, its
+    blocks checkpointed and compiled as `parallel` asks."""
+    if dims.world_size > 1:
+        from mugv.errors import ConfigError
+
+        raise ConfigError(f"this model family has no parallelize plan: it trains in one process, not {dims.world_size}")
+    apply_block_transforms(list(model.blocks), cfg)
+    return ParallelPlan(dims=dims, mesh=mesh, coords=dims.coordinates(rank or 0))
+
+
+PARALLELIZE = {"mug-dit": parallelize_dit, "wan-dit": one_process_only}
 
 
 def parallelize_model(model: nn.Module, dims: ParallelDims, mesh, cfg: ParallelConfig, rank: int | None = None,
-                      **kwargs) -> ParallelPlan:
-    """Apply the parallel layout to a model of any registered family."""
-    family = model.cfg.family
+                      *, family: str | None = None, **kwargs) -> ParallelPlan:
+    """Apply the parallel layout to a model of any registered family (`family`: the model's
+    `cfg.family` when not given, for modules that carry no mugv config)."""
+    family = family or model.cfg.family
     if family not in PARALLELIZE:
         from mugv.errors import ConfigError
 

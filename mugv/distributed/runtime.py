@@ -82,7 +82,8 @@ class Runtime:
         degrees ask (one process: activation checkpointing and compile), or this rank's pipeline stages."""
         if self.dims.pp > 1:
             return self._build_pipeline(model)
-        self.plan = parallelize_dit(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank)
+        self.plan = parallelize_model(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank,
+                                      family=self.cfg.model.family)
         return self.plan
 
     def parallelize_copy(self, model: torch.nn.Module, cpu_offload: bool = False) -> ParallelPlan:
@@ -95,7 +96,7 @@ class Runtime:
             raise ConfigError("preference.reference_offload = true on several ranks offloads FSDP2 shards: it needs "
                               "parallel.dp_shard, dp_replicate or cp > 1")
         return parallelize_model(model, self.dims, self.mesh, self.cfg.parallel, rank=self.rank,
-                                 cpu_offload=cpu_offload)
+                                 family=self.cfg.model.family, cpu_offload=cpu_offload)
 
     # ------------------------------------------------------------------------------------------
     # Pipeline parallel
