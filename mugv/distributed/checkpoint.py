@@ -202,16 +202,27 @@ def export_mugv_safetensors(model: nn.Module, path: Path) -> Path | None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _settings(group: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in group.items() if k != "params"}
+
+
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """{"state": {name: {step, exp_avg, ...}}, "param_groups": [...]} with names, not indices;
-    moments of TP-permuted parameters gathered and in the original row order."""
+    moments of TP-permuted parameters gathered and in the original row order. Groups with the
+    same settings are saved as one (the optimizer splits its groups by device mesh,
+    mugv.distributed.optim), so the saved groups are the same at every layout."""
     blocked = _blocked(model)
     names = {id(p): n for n, p in _named_parameters(model)}
     state: dict[str, dict[str, Any]] = {}
-    groups = []
+    groups: list[dict[str, Any]] = []
     for group in optimizer.param_groups:
-        groups.append({**{k: v for k, v in group.items() if k != "params"},
-                       "params": [names[id(p)] for p in group["params"]]})
+        settings = _settings(group)
+        params = [names[id(p)] for p in group["params"]]
+        same = next((g for g in groups if _settings(g) == settings), None)
+        if same is None:
+            groups.append({**settings, "params": params})
+        else:
+            same["params"] = same["params"] + params
         for p in group["params"]:
             if p not in optimizer.state:
                 continue
@@ -235,16 +246,24 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sav
     params: dict[str, list] = {}
     for n, p in _named_parameters(model):
         params.setdefault(n, []).append(p)
-    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"], strict=True):
-        for key, value in saved_group.items():
+    saved_group = {name: group for group in saved["param_groups"] for name in group["params"]}
+    name_of = {id(p): n for n, p in _named_parameters(model)}
+    for group in optimizer.param_groups:  # each takes the settings of the saved group its parameters were in
+        names = [name_of[id(p)] for p in group["params"] if name_of[id(p)] in saved_group]
+        if not names:
+            continue
+        for key, value in saved_group[names[0]].items():
             if key not in ("params", *IMPLEMENTATION_SWITCHES):
                 group[key] = value
+    # fused and capturable AdamW keep the step count on the parameter's device, the others on the CPU
+    steps_on_device = {id(p) for g in optimizer.param_groups if g.get("fused") or g.get("capturable")
+                       for p in g["params"]}
     for name, entry in saved["state"].items():
         for p in params[name]:  # every pipeline-stage copy of the parameter gets the state
-            optimizer.state[p] = _optimizer_entry(name, entry, p, blocked)
+            optimizer.state[p] = _optimizer_entry(name, entry, p, blocked, id(p) in steps_on_device)
 
 
-def _optimizer_entry(name: str, entry: dict, p: torch.Tensor, blocked) -> dict[str, Any]:
+def _optimizer_entry(name: str, entry: dict, p: torch.Tensor, blocked, scalars_on_device: bool) -> dict[str, Any]:
     state = {}
     for key, value in entry.items():
         if torch.is_tensor(value) and value.ndim > 0:
@@ -257,7 +276,7 @@ def _optimizer_entry(name: str, entry: dict, p: torch.Tensor, blocked) -> dict[s
                 value = _full(value)
             value = value.clone()
         elif torch.is_tensor(value):
-            value = _full(value).clone()
+            value = _full(value).clone().to(p.device if scalars_on_device else "cpu")
         state[key] = value
     return state
 

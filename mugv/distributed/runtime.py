@@ -20,7 +20,6 @@ from typing import Self
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from mugv.config import ConfigError, RunConfig
 from mugv.distributed.parallel_dims import ParallelDims
@@ -180,12 +179,6 @@ class Runtime:
     def ranks_per_replica(self) -> int:
         """The ranks that share one data-parallel replica's work (tp x cp x pp)."""
         return self.dims.tp * self.dims.cp * self.dims.pp
-
-    def optimizer_options(self, params: list[torch.Tensor]) -> dict:
-        """AdamW's implementation switches for `params`: the multi-tensor path needs every
-        parameter on one mesh (sharded parameters on FSDP-only and FSDP x TP meshes cannot mix)."""
-        meshes = {p.device_mesh if isinstance(p, DTensor) else None for p in params}
-        return {"foreach": None if len(meshes) <= 1 else False}
 
     def gather(self, trained, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full CPU tensors in the MUG-V layout of `tensors` named like `trained`'s parameters (EMA

@@ -21,6 +21,7 @@ from mugv.config import ConfigError, RunConfig, to_dict, to_toml
 from mugv.data.batch import LatentBatch
 from mugv.data.sources import DataSource, build_data_source
 from mugv.data.synthetic import SyntheticLatents
+from mugv.distributed.optim import build_adamw
 from mugv.models.attention import attention_backend, describe_backend
 from mugv.models.dit.adapters import save_safetensors
 from mugv.models.dit.model import MUGDiT
@@ -128,9 +129,7 @@ class Trainer:
         # what is trained and checkpointed: the model, or (pipeline parallel) this rank's stages
         self.trained = self.runtime.trained_modules(self.model)
         trained = torch.nn.ModuleList(self.trained) if isinstance(self.trained, list) else self.trained
-        groups = param_groups(trained, cfg.optim.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                           **self.runtime.optimizer_options([p for g in groups for p in g["params"]]))
+        self.optimizer = build_adamw(param_groups(trained, cfg.optim.weight_decay), cfg.optim, self.device)
         self.ema = EMA(self.model, cfg.ema.decay) if cfg.ema.decay else None
         self.power_ema = PowerEMA(self.model, cfg.ema.power_sigma_rels) if cfg.ema.power_sigma_rels else None
         self.generator = torch.Generator().manual_seed(self.runtime.generator_seed(cfg.train.seed))

@@ -342,3 +342,21 @@ def trainer_resume_from(rank: int, world: int, parallel: dict, run_dir: str, che
     cfg = trainer_config(run_dir, name, 4, parallel)
     cfg.checkpoint.resume = checkpoint
     return {"losses": [m["loss"] for m in Trainer(cfg).fit()]}
+
+
+def adamw_implementations(rank: int, world: int, parallel: dict, steps: int = 3) -> dict:
+    """The trainer's AdamW (groups split by mesh, multi-tensor) against the for-loop AdamW on the
+    same layout: the groups it made (mesh dimension names, parameter count) and both runs."""
+    from mugv.config import OptimConfig
+    from mugv.distributed.optim import build_adamw
+    from mugv.train.trainer import param_groups
+
+    model, plan = build_parallel(world, parallel)
+    opt = build_adamw(param_groups(model, 0.01), OptimConfig(lr=LR), torch.device("cpu"))
+    groups = [(p[0].device_mesh.mesh_dim_names if hasattr(p[0], "device_mesh") else None, len(p), g["foreach"])
+              for g in opt.param_groups if (p := g["params"])]
+    one_mesh = all(len({getattr(q, "device_mesh", None) for q in g["params"]}) <= 1 for g in opt.param_groups)
+    multi_tensor, _ = train_parallel(model, plan, steps, opt=opt)
+    model, plan = build_parallel(world, parallel)
+    for_loop, _ = train_parallel(model, plan, steps)
+    return {"groups": groups, "one_mesh": one_mesh, "multi_tensor": multi_tensor, "for_loop": for_loop}
