@@ -68,11 +68,11 @@ def test_an_optimizer_state_holding_code_is_refused(checkpoint, marker, tmp_path
 
     trained = Trainer(config(tmp_path / "other"))
     state = {"model": model_state(trained.model), "optim": optimizer_state(trained.model, trained.optimizer)}
-    state["optim"]["param_groups"][1]["weight_decay"] = WritesMarker(marker)
+    state["optim"]["param_groups"][0]["eps"] = WritesMarker(marker)
     for stale in checkpoint.glob("*.distcp"):
         stale.unlink()
     dcp.save(state, checkpoint_id=str(checkpoint), no_dist=True)  # the trainer's files, the optimizer's values crafted
-    with pytest.raises(CheckpointError, match=r"value optim\.param_groups\.1\.weight_decay\): refused to load"):
+    with pytest.raises(CheckpointError, match=r"value optim\.param_groups\.0\.eps\): refused to load"):
         Trainer(config(tmp_path / "run")).resume()
     assert not marker.exists()
 
