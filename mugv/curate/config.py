@@ -46,9 +46,13 @@ class ExecutionConfig:
     storage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache_dir: str = ""  # where remote videos are copied for decoding (one a worker); empty: the temp folder
 
+    # Ray: the object store memory this run's pipeline may fill before its upstream stages wait
+    # (back-pressure); 0: Ray Data's default, a fraction of the store.
+    ray_object_store_mb: int = 0
+
     def validate(self) -> None:
-        if self.workers < 0:
-            raise ConfigError(f"run.workers = {self.workers} must be >= 0")
+        if self.workers < 0 or self.ray_object_store_mb < 0:
+            raise ConfigError(f"run.workers = {self.workers} and run.ray_object_store_mb = {self.ray_object_store_mb} must be >= 0")
         if self.shard_size < 1:
             raise ConfigError(f"run.shard_size = {self.shard_size} must be >= 1")
         check_storage_options(self.storage_options, "run.storage_options")

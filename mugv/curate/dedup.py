@@ -57,7 +57,9 @@ class DedupConfig:
     recall: float = 0.99  # lsh: chance of finding a pair at exactly max_hash_distance (closer: more)
     bucket_cap: int = 64  # lsh: most later members of a band bucket each clip is compared with
     seed: int = 0  # lsh: which bits the bands sample
-    backend: str = "local"  # lsh: "ray" runs the bands as Ray tasks (needs the `cluster` extra)
+    # lsh: "ray" runs the bands as Ray tasks (needs the `cluster` extra); "auto": on Ray when
+    # the curation itself runs there (run.backend = "ray")
+    backend: str = "auto"
     partitions: int = 4  # ray: key ranges a band is split into (a task holds ~1/partitions of the clips)
 
     def validate(self) -> None:
@@ -65,8 +67,8 @@ class DedupConfig:
             raise ConfigError("dedup.max_hash_distance must be within [0, 64] and dedup.block >= 1")
         if self.method not in ("lsh", "exact"):
             raise ConfigError(f"dedup.method must be 'lsh' or 'exact', not {self.method!r}")
-        if self.backend not in ("local", "ray"):
-            raise ConfigError(f"dedup.backend must be 'local' or 'ray', not {self.backend!r}")
+        if self.backend not in ("auto", "local", "ray"):
+            raise ConfigError(f"dedup.backend must be 'auto', 'local' or 'ray', not {self.backend!r}")
         if not 0 < self.recall < 1 or self.bucket_cap < 1 or self.partitions < 1:
             raise ConfigError("dedup.recall must be within (0, 1), dedup.bucket_cap and dedup.partitions >= 1")
 

@@ -1,4 +1,6 @@
-"""The curation runner: per-video stages in parallel workers, then manifest-wide dedup and balance.
+"""The curation runner: per-video stages in parallel workers (`stages.py`), a captioning model
+batching clips across videos in this process, then manifest-wide dedup and balance; or the same
+stages as a Ray Data pipeline (`ray_pipeline.py`, `run.backend = "ray"`).
 
 Each video is opened once and decoded once; the decoded frames (and their thumbnails) are shared
 by the scene split, every filter and the captioner. The inputs are grouped into shards (about
@@ -16,24 +18,20 @@ import multiprocessing
 import os
 import threading
 import time
-import traceback
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mugv.config import to_toml
-from mugv.curate import aesthetic, balance, caption, dedup, motion, postprocess, scenes, sharpness, storage, transitions
+from mugv.curate import balance, dedup, storage
 from mugv.curate.config import CurateConfig
 from mugv.curate.inputs import InputItem, read_inputs
-from mugv.curate.manifest import KEPT, REJECTED, complete, read_rows, summary_table, write_rows
-from mugv.curate.screen import screen_decoded_duration, screen_info, screen_table
-from mugv.video import VideoError, VideoReader, YuvFrames
-from mugv.video.reader import is_media_path
+from mugv.curate.manifest import KEPT, REJECTED, read_rows, summary_table, write_rows
+from mugv.curate.stages import AnalysedVideo, analyse_video, caption_as_they_come, video_base, video_row
 
 MANIFEST_NAME = "manifest.parquet"
 SUMMARY_NAME = "summary.txt"
@@ -66,8 +64,9 @@ def _video_id(item: InputItem, found: storage.Fingerprint | None) -> str:
 
 
 def per_video_settings(cfg: CurateConfig) -> str:
-    """Hash of the settings that shape per-video rows (not execution, dedup or balance)."""
-    relevant = replace(cfg, run=type(cfg.run)(), dedup=type(cfg.dedup)(), balance=type(cfg.balance)())
+    """Hash of the settings that shape per-video rows (not execution, caption batching, dedup or balance)."""
+    batching = replace(cfg.caption, batch_size=type(cfg.caption)().batch_size, actors=type(cfg.caption)().actors)
+    relevant = replace(cfg, run=type(cfg.run)(), caption=batching, dedup=type(cfg.dedup)(), balance=type(cfg.balance)())
     return hashlib.sha1(to_toml(relevant).encode()).hexdigest()[:12]
 
 
@@ -77,134 +76,14 @@ def per_video_settings(cfg: CurateConfig) -> str:
 
 
 def curate_video(item: InputItem, cfg: CurateConfig) -> list[dict]:
-    """All candidate-clip rows of one video; any failure becomes a rejected row, never an error."""
-    base = {
-        "video_id": item.id or video_id(item, cfg.run.storage_options),
-        "path": item.path,
-        "source": item.source,
-        "license": item.license,
-        "input_caption": item.caption,
-    }
-    try:
-        return _curate_video(item, cfg, base)
-    except Exception as exc:  # a bug or an exotic file must not stop a million-video run
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        return [_video_row(base, "internal_error", detail[:500])]
+    """All candidate-clip rows of one video, captions included; any failure becomes a rejected
+    row, never an error."""
+    return next(caption_as_they_come([("", _analyse(item, cfg))], cfg))[1]
 
 
-def _video_row(base: dict, reason: str, error: str = "", **fields) -> dict:
-    return complete(
-        {
-            **base,
-            **fields,
-            "clip_id": f"{base['video_id']}--1",
-            "clip_index": -1,
-            "status": REJECTED,
-            "reason": reason,
-            "error": error,
-        }
-    )
-
-
-def _curate_video(item: InputItem, cfg: CurateConfig, base: dict) -> list[dict]:
-    if not is_media_path(Path(item.path)):  # judged by its extension, never opened
-        used = cfg.caption.use_existing and caption.is_caption_sidecar(item.path)
-        return [_video_row(base, "caption_sidecar" if used else "not_a_video")]
-    if reason := screen_table(cfg.screen, item.source, item.license):
-        return [_video_row(base, reason)]
-    with ExitStack() as open_files:
-        try:
-            local = open_files.enter_context(storage.local_copy(item.path, cfg.run.storage_options, cfg.run.cache_dir))
-            reader = open_files.enter_context(VideoReader(local, threads=1))  # one worker per core: decode on this one
-        except VideoError as exc:  # vanished since it was listed, a failed download, not a video
-            return [_video_row(base, exc.reason, exc.message)]
-        info = reader.info
-        meta = {
-            "width": info.width,
-            "height": info.height,
-            "rotation": info.rotation,
-            "codec": info.codec,
-            "container": info.container,
-            "has_audio": info.has_audio,
-            "video_duration": info.duration,
-        }
-        if reason := screen_info(cfg.screen, info):
-            return [_video_row(base, reason, **meta)]
-        video = reader.decode(short_side=cfg.decode.short_side, analysis=True)
-    fps = video.measured_fps
-    frame_time = 1.0 / fps if fps > 0 else 0.04
-    duration = float(video.times[-1] + frame_time) if video.num_frames else 0.0
-    meta.update(fps=fps, video_frames=video.num_frames, video_duration=duration, vfr=video.is_vfr, error=video.decode_error)
-    if reason := screen_decoded_duration(max(cfg.screen.min_duration, cfg.clips.min_seconds), duration):
-        # A file that stopped early is reported as broken rather than as merely short.
-        return [_video_row(base, "truncated" if video.decode_error else reason, **meta)]
-
-    # One half-size copy, made while decoding, serves the shot-boundary detectors, motion and
-    # the temporal post-processing cues, which need every frame but not every pixel
-    # (PySceneDetect itself works on frames about 256 pixels wide by default).
-    small = video.half
-    thumbs = transitions.thumbnails(small)
-    found = scenes.find_transitions(cfg.scenes, small, fps, thumbs)
-    rows = []
-    for index, span in enumerate(scenes.cut_clips(cfg.clips, found, video.times, fps)):
-        row = {
-            **base,
-            **meta,
-            "clip_id": f"{base['video_id']}-{index:04d}",
-            "clip_index": index,
-            "start_frame": span.start,
-            "end_frame": span.stop,
-            "start_time": span.start_time,
-            "end_time": span.end_time,
-            "duration": span.duration,
-            "boundary_before": span.before,
-            "boundary_after": span.after,
-        }
-        if span.duration < cfg.clips.min_seconds - 1e-6:
-            rows.append(complete({**row, "status": REJECTED, "reason": "clip_too_short"}))
-            continue
-        row.update(_score_clip(cfg, video.frames[span.start : span.stop], small[span.start : span.stop], row))
-        rows.append(complete(row))
-    return rows
-
-
-def _score_clip(cfg: CurateConfig, frames: YuvFrames, small: np.ndarray, row: dict) -> dict:
-    """Every filter's score and verdict, then a caption and hashes for the clips that pass.
-    `frames` are the clip's frames at analysis size (RGB as each filter indexes its samples),
-    `small` the same at half size."""
-    scores: dict = {}
-    reasons: list[str] = []
-    if cfg.sharpness.enabled:
-        scores["sharpness"] = sharpness.sharpness_score(cfg.sharpness, frames)
-        reasons += sharpness.sharpness_reasons(cfg.sharpness, scores["sharpness"])
-    # Motion and the temporal post-processing cues share one luma copy about 128 pixels wide:
-    # Farneback flow there costs a quarter of half-size flow and reads global pans of 0.5-20
-    # px/frame as well (see docs/curate.md).
-    grays = postprocess.small_grays(small)
-    if cfg.motion.enabled:
-        scores["motion"] = motion.motion_score(cfg.motion, grays, scale=frames.shape[1] / grays.shape[1])
-        reasons += motion.motion_reasons(cfg.motion, scores["motion"])
-    if cfg.aesthetic.enabled:
-        scores["aesthetic"] = aesthetic.aesthetic_score(cfg.aesthetic, frames)
-        scores["aesthetic_scorer"] = cfg.aesthetic.scorer
-        reasons += aesthetic.aesthetic_reasons(cfg.aesthetic, scores["aesthetic"])
-    if cfg.postprocess.enabled:
-        measured = postprocess.postprocess_scores(cfg.postprocess, frames, grays)
-        scores.update(measured)
-        reasons += postprocess.postprocess_reasons(cfg.postprocess, measured, frames)
-        reasons += postprocess.judge_reasons(cfg.postprocess, frames, {**row, **scores})
-    scores["quality"] = (scores.get("aesthetic") or 0.0) + min(1.0, row["duration"] / cfg.clips.max_seconds)
-    if reasons:
-        return {**scores, "status": REJECTED, "reason": ";".join(reasons)}
-    text, source = caption.caption_clip(cfg.caption, frames, {**row, **scores}, existing=row["input_caption"])
-    return {
-        **scores,
-        "status": KEPT,
-        "reason": "",
-        "caption": text,
-        "caption_source": source,
-        "phash": dedup.frame_hashes(frames),
-    }
+def _analyse(item: InputItem, cfg: CurateConfig) -> AnalysedVideo:
+    """A worker's part of a video: everything but the captioning model."""
+    return analyse_video(item, cfg, video_base(item, item.id or video_id(item, cfg.run.storage_options)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,7 +103,10 @@ def apply_dedup(rows: list[dict], cfg: CurateConfig) -> None:
         vectors = dedup.caption_embeddings([kept[i]["caption"] for i in described])
         embeddings = np.zeros((len(kept), vectors.shape[1]), np.float32)
         embeddings[described] = vectors
-    clusters = dedup.cluster(len(kept), dedup.similar_pairs(cfg.dedup, hashes, embeddings))
+    settings = cfg.dedup
+    if settings.backend == "auto":
+        settings = replace(settings, backend="ray" if cfg.run.backend == "ray" else "local")
+    clusters = dedup.cluster(len(kept), dedup.similar_pairs(settings, hashes, embeddings))
     members: dict[int, list[int]] = {}
     for index, root in enumerate(clusters):
         members.setdefault(root, []).append(index)
@@ -348,14 +230,19 @@ def _execute(pending: list[tuple[str, InputItem]], cfg: CurateConfig) -> Iterato
     if not pending:
         return
     if cfg.run.backend == "ray":
-        from mugv.curate.ray_backend import execute_with_ray
+        from mugv.curate.ray_pipeline import execute_with_ray
 
-        yield from execute_with_ray(pending, cfg, curate_video)
+        yield from execute_with_ray([(vid, item, video_base(item, vid)) for vid, item in pending], cfg)
         return
+    yield from caption_as_they_come(_analyse_in_workers(pending, cfg), cfg)
+
+
+def _analyse_in_workers(pending: list[tuple[str, InputItem]], cfg: CurateConfig) -> Iterator[tuple[str, AnalysedVideo]]:
+    """(video_id, its analysis) for every pending video, in completion order."""
     workers = min(len(pending), cfg.run.workers or os.cpu_count() or 1)
     if workers == 1:
         for vid, item in pending:
-            yield vid, curate_video(item, cfg)
+            yield vid, _analyse(item, cfg)
         return
     queue = iter(pending)
     items = dict(pending)
@@ -377,7 +264,7 @@ def _pool_pass(queue: Iterator[tuple[str, InputItem]], workers: int, cfg: Curate
 
         def submit_next() -> None:
             for vid, item in queue:
-                running[pool.submit(curate_video, item, cfg)] = vid
+                running[pool.submit(_analyse, item, cfg)] = vid
                 return
 
         for _ in range(2 * workers):  # a bounded number in flight: decoded frames are large
@@ -394,19 +281,13 @@ def _pool_pass(queue: Iterator[tuple[str, InputItem]], workers: int, cfg: Curate
     return []
 
 
-def _run_alone(vid: str, item: InputItem, cfg: CurateConfig) -> list[dict]:
+def _run_alone(vid: str, item: InputItem, cfg: CurateConfig) -> AnalysedVideo:
     with ProcessPoolExecutor(max_workers=1, mp_context=_SPAWN, initializer=_init_worker) as pool:
         try:
-            return pool.submit(curate_video, item, cfg).result()
+            return pool.submit(_analyse, item, cfg).result()
         except BrokenProcessPool:
-            base = {
-                "video_id": vid,
-                "path": item.path,
-                "source": item.source,
-                "license": item.license,
-                "input_caption": item.caption,
-            }
-            return [_video_row(base, "worker_crashed", "the worker process died while curating this video")]
+            row = video_row(video_base(item, vid), "worker_crashed", "the worker process died while curating this video")
+            return AnalysedVideo([row])
 
 
 def _init_worker() -> None:

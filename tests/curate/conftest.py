@@ -1,4 +1,4 @@
-"""Fixtures and the opt-in `ray` marker for the curation tests."""
+"""Fixtures and the `ray` marker for the curation tests."""
 
 from __future__ import annotations
 
@@ -13,14 +13,4 @@ def shots() -> dict[str, np.ndarray]:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "ray: starts a local Ray instance (20-40 s on 2 cores); opt in with -m ray")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Ray tests are opt-in: they only run when the marker expression names them."""
-    if "ray" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="starts a Ray instance; run with -m ray")
-    for item in items:
-        if item.get_closest_marker("ray") is not None:
-            item.add_marker(skip)
+    config.addinivalue_line("markers", "ray: uses a local Ray instance (a few seconds to start); deselect with -m 'not ray'")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 
 from mugv.config import load_config
 from mugv.curate.config import CurateConfig
-from mugv.video import synthetic
+from mugv.video import synthetic, write_mp4
 
 HEIGHT, WIDTH, FPS, SHOT = 144, 192, 24, 48  # 2-second shots
 
@@ -48,3 +49,76 @@ def judge_that_damages_later_inputs(frames: np.ndarray, metadata: dict) -> list[
         with open(shrinking, "r+b") as f:
             f.truncate(1000)
     return []
+
+
+def write_corpus(folder: Path, shots: dict[str, np.ndarray]) -> Path:
+    """Synthetic videos with known cuts, a dissolve, blur, a still, text and a duplicate, beside
+    a caption sidecar, a text file and an audio-only file (the `shots` fixture's shots a-d)."""
+    a, b, c = shots["a"], shots["b"], shots["c"]
+    write_mp4(folder / "cuts.mp4", np.concatenate([a, b, c]), FPS)  # cuts at frames 48 and 96
+    write_mp4(
+        folder / "dissolve.mp4", synthetic.dissolve(np.concatenate([c, c[::-1]]), shot(4, frames=72), 16), FPS
+    )  # blend 80..95
+    write_mp4(folder / "blur.mp4", synthetic.blur(shot(11)), FPS)
+    write_mp4(folder / "still.mp4", synthetic.freeze(shot(12)), FPS)
+    write_mp4(folder / "text.mp4", synthetic.overlay_text(shot(13)), FPS)
+    write_mp4(folder / "nested_copy.mp4", a, FPS)  # the first shot of cuts.mp4 again
+    (folder / "sub").mkdir()
+    write_mp4(folder / "sub" / "pan.mp4", shot(14, frames=60, speed=3.0), FPS)
+    (folder / "sub" / "pan.txt").write_text("A man rides a bicycle down a city street.")
+    (folder / "notes.md").write_text("not a video, but a file of the input all the same")
+    synthetic.write_audio_only(folder / "sub" / "voice.m4a")
+    return folder
+
+
+def tiny_qwen2vl(folder: Path) -> None:
+    """A random-weight Qwen2-VL with a 20-word vocabulary, saved like a real model folder."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    special = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
+    words = ["[UNK]", "a", "video", "of", "dog", "running", "beach", "describe", "this", "user", "assistant", "system", "you"]
+    vocab = {w: i for i, w in enumerate(special + words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=special[1:],
+    )
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16).save_pretrained(folder)
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=512, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
+            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config)
+    # At the usual 0.02 initial scale every clip gets the same caption; at 0.5 the captions
+    # depend on the frames and end at different lengths, so a batching mix-up would show.
+    with torch.no_grad():
+        for weight in model.parameters():
+            if weight.dim() > 1:
+                weight.normal_(std=0.5)
+    model.save_pretrained(folder)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from curate_testing import tiny_qwen2vl
 
 from mugv.config import ConfigError
-from mugv.curate.caption import CaptionConfig, TemplateCaptioner, caption_clip, make_captioner
+from mugv.curate.caption import CaptionConfig, TemplateCaptioner, caption_without_model, captioner_for, model_frames
 
 CONTEXT = {"path": "/nowhere/clip.mp4", "width": 192, "height": 144, "fps": 24.0, "duration": 2.0, "motion": 3.0}
 
@@ -26,84 +26,54 @@ def test_template_caption_describes_measured_properties():
 def test_existing_captions_take_precedence(tmp_path, shots):
     video = tmp_path / "clip.mp4"
     context = {**CONTEXT, "path": str(video)}
-    assert caption_clip(CaptionConfig(), shots["a"], context, existing="a red kite") == ("a red kite", "input")
+    assert caption_without_model(CaptionConfig(), shots["a"], {**context, "input_caption": "a red kite"}) == ("a red kite", "input")
     (tmp_path / "clip.txt").write_text("a dog on a beach\n")
-    assert caption_clip(CaptionConfig(), shots["a"], context) == ("a dog on a beach", "sidecar")
-    text, source = caption_clip(CaptionConfig(use_existing=False), shots["a"], context, existing="a red kite")
+    assert caption_without_model(CaptionConfig(), shots["a"], context) == ("a dog on a beach", "sidecar")
+    text, source = caption_without_model(CaptionConfig(use_existing=False), shots["a"], {**context, "input_caption": "a kite"})
     assert source == "template" and text.startswith("A 2.0-second")
+    # A model captioner: the clip waits for it, with its frames sampled and shrunk.
+    assert caption_without_model(CaptionConfig(captioner="qwen2vl", model_path="m"), shots["a"], context | {"path": "x"}) is None
+    shown = model_frames(CaptionConfig(frames=3, short_side=56), shots["a"])
+    assert shown.shape == (3, 56, 74, 3)
 
 
-def _tiny_qwen2vl(folder) -> None:
-    """A random-weight Qwen2-VL with a 20-word vocabulary, saved like a real model folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    special = [
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ]
-    words = ["[UNK]", "a", "video", "of", "dog", "running", "beach", "describe", "this", "user", "assistant", "system", "you"]
-    vocab = {w: i for i, w in enumerate(special + words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=special[1:],
-    )
-    tokenizer.save_pretrained(folder)
-    Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16).save_pretrained(folder)
-    config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=512, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-            bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2,
-            patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-        ),
-        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    Qwen2VLForConditionalGeneration(config).save_pretrained(folder)
+VOCABULARY = {"[UNK]", "a", "video", "of", "dog", "running", "beach", "describe", "this", "user", "assistant", "system", "you"}
 
 
-def test_qwen2vl_captioner_runs_from_a_local_folder(tmp_path, shots):
-    _tiny_qwen2vl(tmp_path / "qwen")
-    cfg = CaptionConfig(captioner="qwen2vl", model_path=str(tmp_path / "qwen"), frames=3, short_side=56, max_new_tokens=6)
-    text, source = caption_clip(cfg, shots["a"], CONTEXT)
-    assert source == "qwen2vl"
+@pytest.fixture(scope="module")
+def tiny_qwen(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("qwen")
+    tiny_qwen2vl(folder)
+    return str(folder)
+
+
+def test_qwen2vl_captioner_runs_from_a_local_folder(tiny_qwen, shots):
+    cfg = CaptionConfig(captioner="qwen2vl", model_path=tiny_qwen, frames=3, short_side=56, max_new_tokens=6)
+    captioner = captioner_for(cfg)
+    text = captioner.caption_batch([model_frames(cfg, shots["a"])], [CONTEXT])[0]
     # Random weights say nothing sensible, but only the folder's vocabulary can come out, and the
-    # same frames give the same caption (greedy decoding).
-    assert set(text.split()) <= {
-        "[UNK]",
-        "a",
-        "video",
-        "of",
-        "dog",
-        "running",
-        "beach",
-        "describe",
-        "this",
-        "user",
-        "assistant",
-        "system",
-        "you",
-    }
-    assert text == caption_clip(cfg, shots["a"], CONTEXT)[0]
-    assert make_captioner(cfg.captioner, cfg.model_path, cfg.prompt, cfg.max_new_tokens, cfg.device) is make_captioner(
-        cfg.captioner, cfg.model_path, cfg.prompt, cfg.max_new_tokens, cfg.device
-    )
+    # same frames give the same caption (greedy decoding); the model is loaded once a process.
+    assert text and set(text.split()) <= VOCABULARY
+    assert text == captioner.caption_batch([model_frames(cfg, shots["a"])], [CONTEXT])[0]
+    assert captioner_for(cfg) is captioner
+
+
+def test_batched_captions_equal_one_clip_at_a_time(tiny_qwen, shots):
+    """Clips of different sizes (so prompts of different lengths, padded on the left) captioned
+    in one call read exactly as captioned alone, with greedy decoding."""
+    cfg = CaptionConfig(captioner="qwen2vl", model_path=tiny_qwen, frames=3, short_side=56, max_new_tokens=8)
+    captioner = captioner_for(cfg)
+    clips = [
+        model_frames(cfg, shots["a"]),
+        model_frames(cfg, shots["b"][:, :, :112]),  # square: fewer image tokens
+        model_frames(cfg, shots["c"])[:2],  # two frames: fewer still
+        model_frames(cfg, shots["d"]),
+    ]
+    alone = [captioner.caption_batch([clip], [CONTEXT])[0] for clip in clips]
+    # The clips are told apart, so a mix-up would show, and some captions end early, so the
+    # finished ones are padded while the others go on.
+    assert len(set(alone)) == len(clips) and len({len(text.split()) for text in alone}) > 1
+    assert captioner.caption_batch(clips, [CONTEXT] * len(clips)) == alone
 
 
 def test_qwen2vl_needs_a_local_folder():

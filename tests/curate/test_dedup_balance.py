@@ -105,21 +105,6 @@ def test_lsh_partitioned_by_band_and_key_finds_what_one_machine_finds_from_part_
     assert dedup._as_sorted_tuples([(left, right)], len(hashes)) == dedup.similar_pairs(cfg, hashes, None)
 
 
-@pytest.mark.ray
-def test_lsh_on_ray_matches_one_machine():
-    pytest.importorskip("ray")
-    import ray
-
-    hashes, _ = dedup.planted_near_duplicates(np.random.default_rng(4), 2000)
-    cfg = dedup.DedupConfig()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        on_ray = dedup.similar_pairs(replace(cfg, backend="ray"), hashes, None)
-    finally:
-        ray.shutdown()
-    assert on_ray == dedup.similar_pairs(cfg, hashes, None) and len(on_ray) > 300
-
-
 def test_lsh_and_exact_give_the_same_clusters_on_real_frame_hashes(shots):
     variants = []
     for frames in shots.values():

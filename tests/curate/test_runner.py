@@ -1,5 +1,6 @@
 """The curate runner end to end on synthetic videos with known cuts, blur, stills, text and a
-duplicate, beside files that are not videos; resume; table inputs; the CLI; the process pool."""
+duplicate, beside files that are not videos; resume; table inputs; the CLI; the process pool
+(the Ray backend: test_ray_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from curate_testing import FPS, curate_config, shot
+from curate_testing import FPS, curate_config, write_corpus
 
 from mugv.cli import main
 from mugv.curate.manifest import COLUMNS
 from mugv.curate.runner import run_curation
 from mugv.data.encode import load_frames, read_manifest
 from mugv.vae_train.data import discover
-from mugv.video import synthetic, write_mp4
+from mugv.video import write_mp4
 
 
 ONE_VIDEO_SHARDS = "--run.shard_size=1"  # resume granularity: every video its own part
@@ -24,22 +25,7 @@ ONE_VIDEO_SHARDS = "--run.shard_size=1"  # resume granularity: every video its o
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, shots):
-    folder = tmp_path_factory.mktemp("corpus")
-    a, b, c = shots["a"], shots["b"], shots["c"]
-    write_mp4(folder / "cuts.mp4", np.concatenate([a, b, c]), FPS)  # cuts at frames 48 and 96
-    write_mp4(
-        folder / "dissolve.mp4", synthetic.dissolve(np.concatenate([c, c[::-1]]), shot(4, frames=72), 16), FPS
-    )  # blend 80..95
-    write_mp4(folder / "blur.mp4", synthetic.blur(shot(11)), FPS)
-    write_mp4(folder / "still.mp4", synthetic.freeze(shot(12)), FPS)
-    write_mp4(folder / "text.mp4", synthetic.overlay_text(shot(13)), FPS)
-    write_mp4(folder / "nested_copy.mp4", a, FPS)  # the first shot of cuts.mp4 again
-    (folder / "sub").mkdir()
-    write_mp4(folder / "sub" / "pan.mp4", shot(14, frames=60, speed=3.0), FPS)
-    (folder / "sub" / "pan.txt").write_text("A man rides a bicycle down a city street.")
-    (folder / "notes.md").write_text("not a video, but a file of the input all the same")
-    synthetic.write_audio_only(folder / "sub" / "voice.m4a")
-    return folder
+    return write_corpus(tmp_path_factory.mktemp("corpus"), shots)
 
 
 @pytest.fixture(scope="module")
@@ -210,23 +196,6 @@ def test_cli_runs_with_overrides_and_pool_matches_serial(corpus, tmp_path, capsy
 def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["curate", str(tmp_path), "--out", str(tmp_path), "--motion.min_scor=1"]) == 2
     assert "motion.min_score" in capsys.readouterr().err
-
-
-@pytest.mark.ray
-def test_ray_backend_matches_the_process_pool(corpus, tmp_path, curated):
-    pytest.importorskip("ray")
-    import ray
-
-    try:
-        result = run_curation(corpus, tmp_path, curate_config("--run.backend=ray", "--run.workers=2"))
-    finally:
-        ray.shutdown()
-    assert result.files_processed == 10
-
-    def outcome(rows):
-        return [(r["path"], r["clip_index"], r["status"], r["reason"], r["caption"]) for r in rows]
-
-    assert outcome(result.rows) == outcome(curated[0].rows)
 
 
 def test_edited_table_columns_are_curated_again(corpus, tmp_path):
