@@ -5,54 +5,19 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from mugv.cli import main
 from mugv.config import load_config
-from mugv.data.buckets import parse_buckets
-from mugv.data.encode import EncodeError, EncodeOptions, run_encode
+from mugv.data.encode import EncodeError, run_encode
 from mugv.data.encode_preferences import read_preference_manifest
 from mugv.data.loader import ShardSource
 from mugv.data.preference import REFERENCE_ERRORS_NAME, PreferenceBatch
 from mugv.data.shards import ShardStore, read_index
-from mugv.models.text.tiny import make_tiny_t5
 from mugv.train.trainer import Trainer
-from mugv.video import write_mp4
 
-
-@pytest.fixture(scope="module")
-def tiny_t5(tmp_path_factory):
-    return make_tiny_t5(tmp_path_factory.mktemp("t5"))
-
-
-def clip(path, frames, seed, height=32, width=32):
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (height // 4, width // 4, 3), dtype=np.uint8)
-    write_mp4(path, [np.roll(np.kron(base, np.ones((4, 4, 1), np.uint8)), i, axis=1) for i in range(frames)], fps=12)
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    d = tmp_path_factory.mktemp("export")
-    (d / "videos").mkdir()
-    for i in range(6):
-        clip(d / "videos" / f"v{i}.mp4", 10, i)
-    pairs = [{"prompt": f"a red square moves {side}", "chosen": f"videos/v{2 * i}.mp4",
-              "rejected": f"videos/v{2 * i + 1}.mp4", "aspect": "overall"}
-             for i, side in enumerate(["left", "up", "down"])]
-    pairs.append({"prompt": "a lost clip", "chosen": "videos/gone.mp4", "rejected": "videos/v0.mp4"})
-    (d / "dpo.jsonl").write_text("\n".join(json.dumps(r) for r in pairs) + "\n")
-    unpaired = [{"prompt": f"clip {i}", "completion": f"videos/v{i}.mp4", "label": i % 2 == 0} for i in range(4)]
-    (d / "kto.jsonl").write_text("\n".join(json.dumps(r) for r in unpaired) + "\n")
-    return d
-
-
-def options(manifest, out, tiny_t5):
-    return EncodeOptions(manifest=str(manifest), out=str(out), buckets=parse_buckets("9x32x32"), text_encoder="t5",
-                         text_encoder_path=str(tiny_t5), vae_preset="tiny", random_vae=True, shard_size=2,
-                         progress=False)
+from preference_shards import encode_options
 
 
 def shard_source(out, batch_size, rank=0, world=1):
@@ -61,10 +26,10 @@ def shard_source(out, batch_size, rank=0, world=1):
     return cfg, ShardSource(cfg.data, cfg.model, seed=0, dp_rank=rank, dp_world_size=world)
 
 
-def test_pairs_are_encoded_as_one_sample_and_travel_together(exports, tiny_t5, tmp_path):
+def test_pairs_are_encoded_as_one_sample_and_travel_together(preference_exports, tiny_t5, tmp_path):
     out = tmp_path / "dpo-shards"
     with pytest.warns(UserWarning, match="gone.mp4"):
-        summary = run_encode(options(exports / "dpo.jsonl", out, tiny_t5))
+        summary = run_encode(encode_options(preference_exports / "dpo.jsonl", out, tiny_t5))
     assert summary.encoded == 3 and summary.skipped == {"missing_file": 1}
     records = sorted(read_index(str(out)), key=lambda r: r["key"])
     assert [r["preference"] for r in records] == ["pair"] * 3 and len({r["noise_seed"] for r in records}) == 3
@@ -93,13 +58,13 @@ def test_pairs_are_encoded_as_one_sample_and_travel_together(exports, tiny_t5, t
 
     # a rerun finds every pair done (and reports the missing clip again)
     with pytest.warns(UserWarning, match="gone.mp4"):
-        assert run_encode(options(exports / "dpo.jsonl", out, tiny_t5)).already_done == 3
+        assert run_encode(encode_options(preference_exports / "dpo.jsonl", out, tiny_t5)).already_done == 3
 
 
-def test_dpo_trains_on_encoded_pairs(exports, tiny_t5, tmp_path):
+def test_dpo_trains_on_encoded_pairs(preference_exports, tiny_t5, tmp_path):
     out = tmp_path / "dpo-shards"
     with pytest.warns(UserWarning, match="gone.mp4"):
-        run_encode(options(exports / "dpo.jsonl", out, tiny_t5))
+        run_encode(encode_options(preference_exports / "dpo.jsonl", out, tiny_t5))
     cfg = load_config("debug", [f"--data.shards={out}", "--data.source=shards", "--data.batch_size=2",
                                 "--data.prefetch=0", "--model.text_dim=32", "--train.objective=dpo", "--lora.rank=2",
                                 "--train.steps=1", f"--run_dir={tmp_path / 'run'}", "--logging.progress=false",
@@ -109,9 +74,9 @@ def test_dpo_trains_on_encoded_pairs(exports, tiny_t5, tmp_path):
     assert {"reward_accuracy", "e_ref_rejected", "kl"} <= set(history[0])
 
 
-def test_unpaired_labels_are_kept_and_a_bad_manifest_is_named(exports, tiny_t5, tmp_path):
+def test_unpaired_labels_are_kept_and_a_bad_manifest_is_named(preference_exports, tiny_t5, tmp_path):
     out = tmp_path / "kto-shards"
-    run_encode(options(exports / "kto.jsonl", out, tiny_t5))
+    run_encode(encode_options(preference_exports / "kto.jsonl", out, tiny_t5))
     _, source = shard_source(out, batch_size=4)
     batch = source.next_batch()
     assert not batch.paired and batch.label.dtype == torch.bool
@@ -120,7 +85,7 @@ def test_unpaired_labels_are_kept_and_a_bad_manifest_is_named(exports, tiny_t5, 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x", "video": "a.mp4"}) + "\n")
     with pytest.raises(EncodeError, match="bad.jsonl is not a preference manifest"):
-        run_encode(options(bad, tmp_path / "bad", tiny_t5))
+        run_encode(encode_options(bad, tmp_path / "bad", tiny_t5))
 
 
 def test_only_the_asked_aspect_of_a_multi_aspect_export_is_encoded(tmp_path):
@@ -137,10 +102,10 @@ def test_only_the_asked_aspect_of_a_multi_aspect_export_is_encoded(tmp_path):
         read_preference_manifest(str(manifest), "visual")
 
 
-def test_a_recorded_reference_trains_like_a_frozen_copy(exports, tiny_t5, tmp_path):
+def test_a_recorded_reference_trains_like_a_frozen_copy(preference_exports, tiny_t5, tmp_path):
     out = tmp_path / "dpo-shards"
     with pytest.warns(UserWarning, match="gone.mp4"):
-        run_encode(options(exports / "dpo.jsonl", out, tiny_t5))
+        run_encode(encode_options(preference_exports / "dpo.jsonl", out, tiny_t5))
     base = [f"--data.shards={out}", "--data.source=shards", "--data.batch_size=2", "--data.prefetch=0",
             "--model.text_dim=32", "--train.objective=dpo", "--train.steps=2", "--logging.progress=false",
             "--logging.tensorboard=false", "--checkpoint.every_steps=0", "--optim.lr=1e-2", "--preference.beta=50",
