@@ -81,6 +81,24 @@ class DiTStage(nn.Module):
         return tokens, x, timestep, text, text_mask, frame_mask, fps
 
 
+def release_other_stages(model: MUGDiT, stages: list[DiTStage]) -> None:
+    """Free what none of this rank's `stages` holds: the other stages' blocks, and the patch
+    embedding and start / end tokens without the first stage, the final layer without the last.
+    They move to the meta device, so the model keeps its names and shapes, not their memory."""
+    held = {id(t) for stage in stages for t in [*stage.parameters(), *stage.buffers()]}
+
+    def unheld(module: nn.Module) -> bool:
+        return not any(id(t) in held for t in [*module.parameters(), *module.buffers()])
+
+    for module in [*model.blocks, model.x_embedder, model.final_layer]:
+        if unheld(module):
+            module.to("meta")
+    for name in ("start_token", "end_token"):
+        token = getattr(model, name)
+        if id(token) not in held:
+            setattr(model, name, nn.Parameter(token.detach().to("meta"), requires_grad=token.requires_grad))
+
+
 def pipeline_inputs(noisy, timestep, text, text_mask, frame_mask, fps) -> tuple[torch.Tensor, ...]:
     """The first stage's arguments (masks as float, so every stage boundary carries float tensors)."""
     return noisy, timestep, text, text_mask.float(), frame_mask.float(), fps

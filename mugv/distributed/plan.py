@@ -38,13 +38,12 @@ class RankMemory:
     optimizer_bytes: float
     working_bytes: float
     average_bytes: float = 0.0  # EMA and power-EMA copies
-    resident_bytes: float = 0.0  # other pipeline stages' blocks this rank still holds
     overhead_bytes: float = 0.0
 
     @property
     def total_bytes(self) -> float:
         return (self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.working_bytes + self.activation_bytes
-                + self.average_bytes + self.resident_bytes + self.overhead_bytes)
+                + self.average_bytes + self.overhead_bytes)
 
 
 def _meta_local_params(cfg: RunConfig, dims: ParallelDims) -> tuple[dict[str, int], dict[str, int]]:
@@ -158,9 +157,6 @@ def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int],
     if p.activation_checkpointing != "none":  # one block recomputed in full at a time
         activations += tokens_per_rank * m.hidden_size * SAVED_PER_BLOCK["none"] * act_dtype
     averages = (1 if cfg.ema.decay else 0) + len(cfg.ema.power_sigma_rels)  # fp32, sharded like the params
-    # Under pipeline parallelism every rank builds the whole model and keeps the blocks of the
-    # other stages on its device (fp32, unsharded): counted until the trainer frees them.
-    resident = sum(v for n, v in (full or {}).items() if n not in names) * 4 if dims.pp > 1 else 0
     mem = RankMemory(
         params=params,
         unsharded_block=unsharded_block,
@@ -170,7 +166,6 @@ def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int],
         working_bytes=2 * unsharded_block * param_bytes if dims.fsdp_enabled else 0,  # current + prefetched block
         activation_bytes=activations,
         average_bytes=params * 4 * averages,
-        resident_bytes=resident,
         overhead_bytes=FIXED_OVERHEAD_GIB * GIB,
     )
     info = {"tokens": tokens, "tokens_source": source, "tokens_per_rank": tokens_per_rank,
@@ -215,8 +210,6 @@ def format_plan(cfg: RunConfig, world_size: int, device_memory_gib: float = 80.0
          f"   ({info['micro']:g} samples per microbatch)"),
         f"#   EMA / power-EMA averages ({info['averages']})    {mem.average_bytes / GIB:8.2f}",
     ]
-    if dims.pp > 1:
-        lines.append(f"#   other stages' blocks (resident)  {mem.resident_bytes / GIB:8.2f}")
     total = mem.total_bytes / GIB
     lines += [
         f"#   fixed overhead (rule of thumb)  {mem.overhead_bytes / GIB:8.2f}",

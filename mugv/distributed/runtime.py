@@ -106,7 +106,7 @@ class Runtime:
         return self.stages is not None
 
     def _build_pipeline(self, model) -> ParallelPlan:
-        from mugv.distributed.pipeline import build_pipeline
+        from mugv.distributed.pipeline import build_pipeline, release_other_stages
 
         dims, p = self.dims, self.cfg.parallel
         if self.cfg.data.batch_size % p.pp_microbatches:
@@ -120,6 +120,7 @@ class Runtime:
 
         self.schedule, self.stages = build_pipeline(model, dims, self.mesh, p, self.rank, self.device,
                                                     loss_fn=self._pipeline_loss, prepare=prepare)
+        release_other_stages(model, self.stages)
         self.plan = self.stage_plans[0]
         return self.plan
 

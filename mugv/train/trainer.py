@@ -115,6 +115,9 @@ class Trainer:
             # each pipeline rank holds only its stages: the exports would need a gather across them
             raise ConfigError("ema.* and lora.* are not supported with parallel.pp > 1: use FSDP / tensor / context "
                               "parallelism, or average checkpoints afterwards with `mugv ema ensemble`")
+        if self.runtime.dims.pp > 1 and (cfg.validation.every_steps or cfg.sampling.every_steps):
+            raise ConfigError("validation.every_steps and sampling.every_steps run the whole model, which a pipeline "
+                              "rank (parallel.pp > 1) does not hold: validate or sample from its checkpoints")
         self.curriculum = Curriculum(cfg)
         self.objective = build_objective(cfg, self.curriculum.settings(0, 0).policy, self.runtime.dp_group)
         # made before parallelizing, so that a frozen copy is sharded like the model

@@ -360,3 +360,18 @@ def adamw_implementations(rank: int, world: int, parallel: dict, steps: int = 3)
     model, plan = build_parallel(world, parallel)
     for_loop, _ = train_parallel(model, plan, steps)
     return {"groups": groups, "one_mesh": one_mesh, "multi_tensor": multi_tensor, "for_loop": for_loop}
+
+
+def pipeline_holdings(rank: int, world: int, parallel: dict, run_dir: str) -> dict:
+    """Which of the model's tensors each pipeline rank's `Trainer` still holds (not on the meta
+    device), and their element count against the whole model's."""
+    from mugv.train.trainer import Trainer
+
+    model = Trainer(trainer_config(run_dir, "holdings", 1, parallel)).model
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    mine = {"held": sorted(n for n, t in tensors if not t.is_meta),
+            "held_elements": sum(t.numel() for _, t in tensors if not t.is_meta),
+            "elements": sum(t.numel() for _, t in tensors)}
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    return {"ranks": everyone}

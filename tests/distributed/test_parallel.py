@@ -109,6 +109,8 @@ def two_ranks(tmp_path_factory, four_ranks):
             "parallel": {"dp_shard": 1, "tp": 2}, "run_dir": str(root / "runs2"), "name": "from-one-rank",
             "checkpoint": str(root / "runs1" / "single" / "checkpoints" / "step_00000002")}))
         scenarios.append(("adamw", sc.adamw_implementations, {"parallel": {"dp_shard": 2}}))
+        scenarios.append(("pipeline holdings", sc.pipeline_holdings, {"parallel": {"pp": 2, "dp_shard": 1},
+                                                                      "run_dir": str(root / "runs2")}))
         scenarios.append(("bf16", sc.parity, {"parallel": {"dp_shard": 2, "param_dtype": "bf16",
                                                            "reduce_dtype": "bf16"}, "steps": STEPS}))
         status, saved = results4["save"]
@@ -324,3 +326,18 @@ def test_adamw_takes_the_multi_tensor_path_per_mesh_and_matches_the_for_loop(fou
         assert len(meshes) == 2 and len(result["groups"]) == 4
     err = sc.max_relative_error(result["multi_tensor"], result["for_loop"])
     assert err["grad"] == 0.0 and err["loss"] < 1e-5 and err["grad_last"] < 1e-4 and err["weight"] < 1e-4, err
+
+
+def test_a_pipeline_rank_frees_the_other_stages(two_ranks):
+    """pp = 2 over the 2-block debug model: rank 0 holds block 0, the patch embedding and the
+    start / end tokens, rank 1 block 1 and the final layer, both the conditioning embedders; the
+    rest of the model is on the meta device (names and shapes kept, no memory)."""
+    first, last = _ok(two_ranks, "pipeline holdings")["ranks"]
+    conditioning = ("t_embedder.", "fps_embedder.", "t_block.", "y_embedder.")
+    for rank, own, other in ((first, ("blocks.0.", "x_embedder.", "start_token", "end_token"), ("blocks.1.", "final_layer.")),
+                             (last, ("blocks.1.", "final_layer."), ("blocks.0.", "x_embedder.", "start_token"))):
+        held = rank["held"]
+        assert any(n.startswith(conditioning) for n in held)
+        assert all(any(n.startswith(prefix) for n in held) for prefix in own), held
+        assert not any(n.startswith(other) for n in held), held
+        assert rank["held_elements"] < 0.8 * rank["elements"]

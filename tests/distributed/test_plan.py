@@ -65,15 +65,17 @@ def test_without_buckets_or_an_index_the_sequence_is_reported_unknown():
     assert figure(out, "activations (") == 0
 
 
-def test_averages_resident_stages_and_overhead_are_counted():
+def test_averages_and_overhead_are_counted_and_a_pipeline_rank_only_its_stage():
     size = ["--model.preset=2b", "--data.text_tokens=16"]
     plain = plan_of(size)
     with_ema = plan_of([*size, "--ema.decay=0.99", "--ema.power_sigma_rels=[0.05, 0.1]", "--ema.snapshot_every=10"])
     params = figure(plain, "parameters (fp32 master)")
     assert abs(figure(with_ema, "EMA / power-EMA averages (3)") - 3 * params) <= 0.015
     assert figure(plain, "fixed overhead") == 5.0
-    piped = plan_of(["--parallel.pp=2", "--parallel.pp_microbatches=2", "--data.batch_size=2"], world=2)
-    assert figure(piped, "other stages' blocks (resident)") > 0
+    piped = plan_of([*size, "--parallel.pp=2", "--parallel.pp_microbatches=2", "--data.batch_size=2"], world=2)
+    assert "other stages' blocks" not in piped  # the trainer frees them (release_other_stages)
+    whole = figure(plan_of(size, world=1), "parameters (fp32 master)")
+    assert figure(piped, "parameters (fp32 master)") < 0.6 * whole
 
 
 def test_a_plan_beyond_the_device_memory_warns():
