@@ -29,17 +29,23 @@ def foreground_mask(frames: np.ndarray, threshold: float = 70.0) -> np.ndarray:
 SHAPE_FILL = {"circle": float(np.pi / 4), "square": 1.0, "triangle": 0.5}
 
 
-def read_shape(frames: np.ndarray) -> str | None:
-    """The demo shape whose fill of its bounding box is nearest the foreground's (median over
-    frames with a foreground); None when no frame shows one."""
+def box_fill(frames: np.ndarray) -> float | None:
+    """How much of its bounding box the foreground fills (median over frames with a foreground);
+    None when no frame shows one."""
     fills = []
     for mask in foreground_mask(frames):
         ys, xs = np.nonzero(mask)
         if len(xs) >= 20:  # a few stray pixels are not a shape
             fills.append(len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)))
-    if not fills:
+    return float(np.median(fills)) if fills else None
+
+
+def read_shape(frames: np.ndarray) -> str | None:
+    """The demo shape whose fill of its bounding box is nearest the foreground's; None when no frame
+    shows one."""
+    fill = box_fill(frames)
+    if fill is None:
         return None
-    fill = float(np.median(fills))
     return min(SHAPE_FILL, key=lambda shape: abs(SHAPE_FILL[shape] - fill))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from mugv.demo.adherence import Reading, read_video
+from mugv.demo.adherence import SHAPE_FILL, Reading, box_fill, read_video
 from mugv.demo.world import Scene, sub_seed
 
 # Samples of each training prompt that the judge compares, every pair of them once.
@@ -20,9 +20,22 @@ CANDIDATES_PER_PROMPT = 4
 CANDIDATE_SEED_BASE = 1000
 
 
+# Two samples whose judged scores are closer than this are a tie (or both bad): no preference.
+TIE_MARGIN = 0.05
+
+
 def correct_parts(scene: Scene, seen: Reading) -> int:
     """How many of colour, shape and direction a video got right (0 to 3)."""
     return sum(getattr(seen, part) == getattr(scene, part) for part in ("color", "shape", "direction"))
+
+
+def judged_score(scene: Scene, frames) -> float:
+    """What the judge weighs: the parts right (0 to 3), plus up to half a part for how near the
+    foreground's fill of its box is to the asked shape's. Among samples with as many parts right, the
+    one whose shape is nearer the asked one wins, as a careful person would prefer the crisper square."""
+    fill = box_fill(frames)
+    nearness = 0.0 if fill is None else max(0.0, 1.0 - abs(fill - SHAPE_FILL[scene.shape]) / 0.5)
+    return correct_parts(scene, read_video(frames)) + 0.5 * nearness
 
 
 def candidate_table(scenes: list[Scene], seed: int, out: Path) -> tuple[Path, list[tuple[str, Scene]]]:
@@ -45,19 +58,24 @@ def candidate_table(scenes: list[Scene], seed: int, out: Path) -> tuple[Path, li
 
 def label_candidates(videos: list[tuple[Path, Scene]], out: Path) -> dict:
     """A pairwise `mugv annotate` campaign over the candidates, answered by a judge that prefers the
-    video with more of colour, shape and direction right (equal counts: a tie, or both bad when
-    neither is fully right). Returns the campaign's figures; its export holds dpo.jsonl."""
+    video with the higher `judged_score` (nearly equal: a tie when both are fully right, else both
+    bad). Returns the campaign's figures; its export holds dpo.jsonl."""
     from mugv.annotate.campaign import Video
     from mugv.annotate.judged import judged_campaign
     from mugv.video.reader import decode
 
-    right = {path.stem: correct_parts(scene, read_video(decode(path).frames)) for path, scene in videos}
+    clips = {path.stem: (scene, decode(path).frames) for path, scene in videos}
+    right = {name: correct_parts(scene, read_video(frames)) for name, (scene, frames) in clips.items()}
+    scores = {name: judged_score(scene, frames) for name, (scene, frames) in clips.items()}
     entries = [Video(id=path.stem, path=str(path.resolve()), prompt=scene.caption, model="sft")
                for path, scene in videos]
 
     def judge(campaign, item, annotator):
-        a, b = (right[v] for v in item.videos)
-        verdict = "a" if a > b else "b" if b > a else ("tie" if a == 3 else "both_bad")
+        a, b = item.videos
+        if abs(scores[a] - scores[b]) < TIE_MARGIN:
+            verdict = "tie" if right[a] == right[b] == 3 else "both_bad"
+        else:
+            verdict = "a" if scores[a] > scores[b] else "b"
         return {aspect: verdict for aspect in campaign.spec.aspects}
 
     figures = judged_campaign(entries, out, judge, mode="pairwise", annotators=1, labels_per_item=1, rounds=200,
@@ -93,7 +111,8 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
     text = (f"Post-training: the SFT model rendered {CANDIDATES_PER_PROMPT} samples of each training prompt "
             f"({labels['candidates']} videos, {labels['candidates_fully_right']} fully right). A judge that knows each "
             "prompt's colour, shape and direction compared every two samples of a prompt in a pairwise `mugv annotate` "
-            "campaign (more parts right wins; equally many: a tie, or both bad): "
+            "campaign (more parts right wins; among as many, the shape nearer the asked one; nearly equal: a tie, "
+            "or both bad): "
             f"{labels['pairs']} preference pairs, exported as dpo.jsonl. ")
     if not labels["pairs"]:
         text += "With no pair to learn from, Flow-DPO did not run."
