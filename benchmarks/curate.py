@@ -16,6 +16,17 @@ matter run: bigbuckbunny.mp4 (1280x720) and bikes.mp4 (640x272, 5 cuts).
 cuts were checked by eye, plus synthetic clips with known cuts, a dissolve, a fade, blur, a still,
 text, bars, shake, a speed ramp and duplicates) and prints detected boundaries against the truth,
 the filters that fired and the dedup clusters.
+
+`--captions` times the Qwen2-VL captioner on the same clips one at a time and `--batch` clips a
+call, alternating, and prints clips/s of each and their ratio (and that the captions are equal).
+The model is a random-weight Qwen2-VL (`--hidden`, `--layers`; nothing is downloaded) unless
+`--model DIR` names a local one.
+
+`--ray-memory DIR` curates a corpus whose decoded frames are many times the Ray object store on a
+local 2-CPU Ray instance (`--store-mb`), captioning with a random Qwen2-VL actor (so every kept
+clip's sampled frames cross the store, to a consumer slower than the CPU stages), once with the
+pipeline's object store budget (`--budget-mb`) and once with the budget lifted; it polls the
+store's use and prints its peak, what was spilled to disk, and the bytes that streamed through.
 """
 
 from __future__ import annotations
@@ -53,9 +64,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--set", nargs="*", default=[], help="curate config overrides, e.g. scenes.gradual=false")
     parser.add_argument("--evidence", metavar="DIR", help="curate the known-content corpus into DIR and report")
+    parser.add_argument("--captions", action="store_true", help="captioning throughput, batched vs one clip at a time")
+    parser.add_argument("--model", help="--captions: a local Qwen2-VL folder (default: a random one)")
+    parser.add_argument("--clips", type=int, default=16, help="--captions: clips captioned per pass")
+    parser.add_argument("--batch", type=int, default=8, help="--captions: clips a call")
+    parser.add_argument("--hidden", type=int, default=64, help="--captions: the random model's width")
+    parser.add_argument("--layers", type=int, default=2, help="--captions: the random model's depth")
+    parser.add_argument("--tokens", type=int, default=16, help="--captions: new tokens a caption")
+    parser.add_argument("--ray-memory", metavar="DIR", help="the Ray pipeline's object store use on a corpus larger than it")
+    parser.add_argument("--videos", type=int, default=24, help="--ray-memory: videos (4 clips of 2 s at 456x256 each)")
+    parser.add_argument("--store-mb", type=int, default=128, help="--ray-memory: the object store's size")
+    parser.add_argument("--budget-mb", type=int, default=24, help="--ray-memory: the pipeline's share (run.ray_object_store_mb)")
     args = parser.parse_args()
     if args.evidence:
         evidence(Path(args.evidence), args.set)
+        return
+    if args.captions:
+        caption_throughput(args)
+        return
+    if args.ray_memory:
+        ray_memory(Path(args.ray_memory), args)
         return
     videos = args.videos or [p for p in bundled_sample_clips() if p.endswith(("bigbuckbunny.mp4", "bikes.mp4"))]
     if not videos:
@@ -171,6 +199,127 @@ def evidence(out: Path, overrides: list[str]) -> None:
             )
     print("dedup clusters:", "; ".join(" = ".join(members) for members in clusters.values()) or "none")
     print(result.summary)
+
+
+
+def caption_throughput(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from mugv.curate.caption import CaptionConfig, captioner_for, model_frames
+    from mugv.curate.testing import write_random_qwen2vl
+
+    model = args.model or tempfile.mkdtemp(prefix="random-qwen2vl-")
+    if not args.model:
+        write_random_qwen2vl(model, hidden=args.hidden, layers=args.layers, image_tokens=16)
+    cfg = CaptionConfig(captioner="qwen2vl", model_path=model, frames=8, short_side=224, max_new_tokens=args.tokens)
+    # Two shapes (16:9 and 4:3), so prompts differ in length and batches are padded.
+    clips = [
+        model_frames(cfg, synthetic.panning_shot(seed, 16, 252, 448 if seed % 2 else 336, speed=2.0))
+        for seed in range(args.clips)
+    ]
+    contexts = [{}] * len(clips)
+    captioner = captioner_for(cfg)
+
+    def one_at_a_time() -> list[str]:
+        return [captioner.caption_batch([clip], [context])[0] for clip, context in zip(clips, contexts)]
+
+    def batched() -> list[str]:
+        return [
+            text
+            for start in range(0, len(clips), args.batch)
+            for text in captioner.caption_batch(clips[start : start + args.batch], contexts[start : start + args.batch])
+        ]
+
+    alone, together = one_at_a_time(), batched()  # warm-up, and the captions to compare
+    seconds: dict[str, list[float]] = {"alone": [], "batched": []}
+    for _ in range(args.repeats):
+        for name, fn in (("alone", one_at_a_time), ("batched", batched)):
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    rate = {name: len(clips) / statistics.median(times) for name, times in seconds.items()}
+    where = args.model or f"random Qwen2-VL, hidden {args.hidden}, {args.layers} layers"
+    print(f"captioner: {where}; {len(clips)} clips of 8 frames (at most 16 tokens each), {args.tokens} new tokens, torch threads {_threads()}")
+    print(f"  one clip a call:      {rate['alone']:.2f} clips/s")
+    print(f"  {args.batch} clips a call:      {rate['batched']:.2f} clips/s")
+    print(f"  ratio batched / one at a time: {rate['batched'] / rate['alone']:.2f}x (median of {args.repeats}, alternating)")
+    print(f"  captions equal: {alone == together}")
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def ray_memory(out: Path, args: argparse.Namespace) -> None:
+    import threading
+
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    from mugv.curate.testing import write_random_qwen2vl
+
+    videos = out / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    shots = [synthetic.panning_shot(seed, 48, 256, 456, speed=2.0) for seed in range(8)]
+    for index in range(args.videos):
+        if not (videos / f"v{index:03d}.mp4").exists():
+            order = np.random.default_rng(index).permutation(8)[:4]
+            write_mp4(videos / f"v{index:03d}.mp4", np.concatenate([shots[i] for i in order]), 24, crf=23)
+    model = out / "qwen"
+    if not (model / "config.json").exists():
+        write_random_qwen2vl(model)
+    ray.init(num_cpus=2, object_store_memory=args.store_mb * 2**20, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    base = ["--clips.min_seconds=1.5", "--run.resume=false", "--run.backend=ray", "--run.progress=false",
+            "--caption.captioner=qwen2vl", f"--caption.model_path={model}", "--caption.short_side=256",
+            "--caption.max_new_tokens=4", "--caption.batch_size=4", "--caption.use_existing=false"]  # fmt: skip
+    print(f"local Ray: 2 CPUs, object store {args.store_mb} MiB; {args.videos} videos of 4 clips (2 s, 456x256)")
+    for budget, label in ((args.budget_mb, f"budget {args.budget_mb} MiB"), (100_000, "budget lifted")):
+        cfg = load_config(None, [*base, f"--run.ray_object_store_mb={budget}"], cls=CurateConfig)
+        samples: list[tuple[float, float]] = []
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(0.2):
+                samples.append(_store_use(memory_summary(stats_only=True)))
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        start = time.perf_counter()
+        result = run_curation(videos, out / f"curated-{budget}", cfg)
+        seconds = time.perf_counter() - start
+        done.set()
+        poller.join()
+        clips = [r for r in result.rows if r["clip_index"] >= 0]
+        # Decoded: YUV 4:2:0 at analysis size plus the half-size RGB copy; through the store: each
+        # captioned clip's 8 RGB frames (analysis size, no larger than caption.short_side).
+        decoded = sum(r["video_frames"] * 2.25 * _analysis_pixels(r) for r in result.rows if r["clip_index"] == 0)
+        captioned = [r for r in clips if r["caption_source"] == "qwen2vl"]
+        streamed = sum(8 * 3 * _analysis_pixels(r) for r in captioned)
+        peak, spilled = max(s[0] for s in samples), max(s[1] for s in samples)
+        print(
+            f"  {label:>16}: {seconds:.0f} s, {len(clips)} clips, {len(captioned)} captioned; decoded frames "
+            f"{decoded / 2**20:.0f} MiB ({decoded / 2**20 / args.store_mb:.1f}x the store), caption frames through the "
+            f"store {streamed / 2**20:.0f} MiB; store peak {peak:.0f} MiB, spilled {spilled:.0f} MiB"
+        )
+    ray.shutdown()
+
+
+def _store_use(summary: str) -> tuple[float, float]:
+    """(plasma MiB in use, MiB spilled so far) from Ray's memory summary."""
+    import re
+
+    used = re.search(r"Plasma memory usage (\d+) MiB", summary)
+    spilled = re.search(r"Spilled (\d+) MiB", summary)
+    return float(used.group(1)) if used else 0.0, float(spilled.group(1)) if spilled else 0.0
+
+
+def _analysis_pixels(row: dict) -> float:
+    """Pixels of a frame decoded at analysis size (shorter side 256, never enlarged)."""
+    scale = min(256 / min(row["width"], row["height"]), 1)
+    return row["width"] * scale * row["height"] * scale
 
 
 if __name__ == "__main__":

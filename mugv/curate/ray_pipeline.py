@@ -68,9 +68,8 @@ def start_ray(cfg: CurateConfig):
         ray.init(**options, include_dashboard=False, log_to_driver=False, configure_logging=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the runner shows one bar, by video
-    if cfg.run.ray_object_store_mb:
-        limits = context.execution_options.resource_limits
-        context.execution_options.resource_limits = limits.copy(object_store_memory=cfg.run.ray_object_store_mb * 2**20)
+    budget = cfg.run.ray_object_store_mb * 2**20 or None  # None: Ray Data's default
+    context.execution_options.resource_limits = ExecutionResources.for_limits(object_store_memory=budget)
     return ray
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from curate_testing import tiny_qwen2vl
 
 from mugv.config import ConfigError
 from mugv.curate.caption import CaptionConfig, TemplateCaptioner, caption_without_model, captioner_for, model_frames
+from mugv.curate.testing import WORDS, write_random_qwen2vl
 
 CONTEXT = {"path": "/nowhere/clip.mp4", "width": 192, "height": 144, "fps": 24.0, "duration": 2.0, "motion": 3.0}
 
@@ -37,13 +37,10 @@ def test_existing_captions_take_precedence(tmp_path, shots):
     assert shown.shape == (3, 56, 74, 3)
 
 
-VOCABULARY = {"[UNK]", "a", "video", "of", "dog", "running", "beach", "describe", "this", "user", "assistant", "system", "you"}
-
-
 @pytest.fixture(scope="module")
 def tiny_qwen(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("qwen")
-    tiny_qwen2vl(folder)
+    write_random_qwen2vl(folder)
     return str(folder)
 
 
@@ -53,7 +50,7 @@ def test_qwen2vl_captioner_runs_from_a_local_folder(tiny_qwen, shots):
     text = captioner.caption_batch([model_frames(cfg, shots["a"])], [CONTEXT])[0]
     # Random weights say nothing sensible, but only the folder's vocabulary can come out, and the
     # same frames give the same caption (greedy decoding); the model is loaded once a process.
-    assert text and set(text.split()) <= VOCABULARY
+    assert text and set(text.split()) <= set(WORDS)
     assert text == captioner.caption_batch([model_frames(cfg, shots["a"])], [CONTEXT])[0]
     assert captioner_for(cfg) is captioner
 

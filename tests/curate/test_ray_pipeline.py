@@ -7,10 +7,11 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from curate_testing import curate_config, tiny_qwen2vl, write_corpus
+from curate_testing import curate_config, write_corpus
 
 from mugv.curate import dedup
 from mugv.curate.runner import run_curation
+from mugv.curate.testing import write_random_qwen2vl
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -51,7 +52,7 @@ def test_captioning_actors_batch_as_the_process_backend_does(tmp_path_factory, s
     corpus = tmp_path_factory.mktemp("videos")
     write_corpus(corpus, shots)
     model = tmp_path_factory.mktemp("qwen")
-    tiny_qwen2vl(model)
+    write_random_qwen2vl(model)
     out = tmp_path_factory.mktemp("out")
     captions = ["--caption.captioner=qwen2vl", f"--caption.model_path={model}", "--caption.frames=3",
                 "--caption.short_side=56", "--caption.max_new_tokens=6", "--caption.use_existing=false"]  # fmt: skip
