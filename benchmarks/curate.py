@@ -68,11 +68,11 @@ def main() -> None:
     parser.add_argument("--model", help="--captions: a local Qwen2-VL folder (default: a random one)")
     parser.add_argument("--clips", type=int, default=16, help="--captions: clips captioned per pass")
     parser.add_argument("--batch", type=int, default=8, help="--captions: clips a call")
-    parser.add_argument("--hidden", type=int, default=64, help="--captions: the random model's width")
-    parser.add_argument("--layers", type=int, default=2, help="--captions: the random model's depth")
+    parser.add_argument("--hidden", type=int, default=64, help="--captions, --ray-memory: the random model's width")
+    parser.add_argument("--layers", type=int, default=2, help="--captions, --ray-memory: the random model's depth")
     parser.add_argument("--tokens", type=int, default=16, help="--captions: new tokens a caption")
     parser.add_argument("--ray-memory", metavar="DIR", help="the Ray pipeline's object store use on a corpus larger than it")
-    parser.add_argument("--videos", type=int, default=24, help="--ray-memory: videos (4 clips of 2 s at 456x256 each)")
+    parser.add_argument("--video-count", type=int, default=24, help="--ray-memory: videos (4 clips of 2 s at 456x256 each)")
     parser.add_argument("--store-mb", type=int, default=128, help="--ray-memory: the object store's size")
     parser.add_argument("--budget-mb", type=int, default=24, help="--ray-memory: the pipeline's share (run.ray_object_store_mb)")
     args = parser.parse_args()
@@ -263,19 +263,22 @@ def ray_memory(out: Path, args: argparse.Namespace) -> None:
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     shots = [synthetic.panning_shot(seed, 48, 256, 456, speed=2.0) for seed in range(8)]
-    for index in range(args.videos):
+    for index in range(args.video_count):
         if not (videos / f"v{index:03d}.mp4").exists():
             order = np.random.default_rng(index).permutation(8)[:4]
             write_mp4(videos / f"v{index:03d}.mp4", np.concatenate([shots[i] for i in order]), 24, crf=23)
     model = out / "qwen"
     if not (model / "config.json").exists():
-        write_random_qwen2vl(model)
+        write_random_qwen2vl(model, hidden=args.hidden, layers=args.layers)
     ray.init(num_cpus=2, object_store_memory=args.store_mb * 2**20, include_dashboard=False, log_to_driver=False,
              configure_logging=False)  # fmt: skip
     base = ["--clips.min_seconds=1.5", "--run.resume=false", "--run.backend=ray", "--run.progress=false",
             "--caption.captioner=qwen2vl", f"--caption.model_path={model}", "--caption.short_side=256",
             "--caption.max_new_tokens=4", "--caption.batch_size=4", "--caption.use_existing=false"]  # fmt: skip
-    print(f"local Ray: 2 CPUs, object store {args.store_mb} MiB; {args.videos} videos of 4 clips (2 s, 456x256)")
+    print(
+        f"local Ray: 2 CPUs, object store {args.store_mb} MiB; {args.video_count} videos of 4 clips (2 s, 456x256); "
+        f"captioner: random Qwen2-VL, hidden {args.hidden}, {args.layers} layers, one CPU actor, 4 clips a call"
+    )
     for budget, label in ((args.budget_mb, f"budget {args.budget_mb} MiB"), (100_000, "budget lifted")):
         cfg = load_config(None, [*base, f"--run.ray_object_store_mb={budget}"], cls=CurateConfig)
         samples: list[tuple[float, float]] = []
