@@ -285,6 +285,10 @@ def clip_grad_norm_(params, max_norm: float, extra_groups=(), skip_in_norm: set[
 
     params = [p for p in params if p.grad is not None]
     grads = [p.grad for p in params]
+    if not extra_groups and not skip_in_norm and not any(isinstance(g, DTensor) for g in grads):
+        # nothing is sharded (one process, or plain data parallel): torch's own clipping, so that a
+        # single process trains bit-identically to a plain PyTorch loop
+        return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     buckets: dict[tuple, torch.Tensor] = {}
     groups: dict[tuple, list] = {}
     for g in (p.grad for p in params if id(p) not in skip_in_norm):
