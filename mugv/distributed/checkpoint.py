@@ -102,7 +102,8 @@ def _named_parameters(model: Modules) -> list[tuple[str, nn.Parameter]]:
     return [item for m in _modules(model) for item in m.named_parameters()]
 
 
-def _model_params(model: nn.Module) -> dict[str, torch.Tensor]:
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer (non-persistent ones included) by name."""
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
@@ -130,7 +131,7 @@ def canonical_tensors(model: Modules, tensors: Mapping[str, torch.Tensor]) -> di
 def model_state(model: Modules) -> dict[str, torch.Tensor]:
     """Parameters and buffers by MUG-V name in the saved layout (`canonical_tensors`). For a list
     of pipeline stages: the union of their tensors (copies share a name and a value)."""
-    return canonical_tensors(model, {name: value for m in _modules(model) for name, value in _model_params(m).items()})
+    return canonical_tensors(model, {name: value for m in _modules(model) for name, value in model_tensors(m).items()})
 
 
 def full_tensors(model: Modules, tensors: Mapping[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
@@ -150,7 +151,7 @@ def full_tensors(model: Modules, tensors: Mapping[str, torch.Tensor], keep: bool
 
 def full_state_dict(model: nn.Module, keep: bool = True) -> dict[str, torch.Tensor]:
     """Every tensor gathered to a plain CPU tensor in the MUG-V layout (collective; for export and tests)."""
-    return full_tensors(model, _model_params(model), keep)
+    return full_tensors(model, model_tensors(model), keep)
 
 
 @torch.no_grad()
@@ -160,7 +161,7 @@ def load_model_state(model: Modules, state: Mapping[str, torch.Tensor]) -> None:
         for m in model:
             load_model_state(m, state)
         return
-    _copy_into(_model_params(model), state, head_blocked_parameters(model))
+    _copy_into(model_tensors(model), state, head_blocked_parameters(model))
 
 
 @torch.no_grad()
@@ -175,15 +176,21 @@ def _copy_into(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor
     for name, target in own.items():
         if name not in state:
             raise CheckpointError(f"checkpoint has no tensor {name}")
-        value = state[name]
-        if name in blocked:
-            value = _distribute_like(to_rank_blocks(_full(value), *blocked[name]), target)
-        elif _is_dtensor(target) and not _is_dtensor(value):
-            value = _distribute_like(value, target)
-        if _is_dtensor(target):
-            target._local_tensor.copy_(value._local_tensor)
-        else:
-            target.copy_(_full(value))
+        copy_canonical(target, state[name], blocked.get(name))
+
+
+@torch.no_grad()
+def copy_canonical(target: torch.Tensor, value: torch.Tensor, rank_blocks: tuple[int, int] | None = None) -> None:
+    """Copy `value` (original row order; a DTensor, or a plain tensor equal on every rank) into
+    `target`, this rank's part of it: its shard, rows permuted into `rank_blocks` when given."""
+    if rank_blocks is not None:
+        value = _distribute_like(to_rank_blocks(_full(value), *rank_blocks), target)
+    elif _is_dtensor(target) and not _is_dtensor(value):
+        value = _distribute_like(value, target)
+    if _is_dtensor(target):
+        target._local_tensor.copy_(value._local_tensor)
+    else:
+        target.copy_(_full(value))
 
 
 def export_mugv_safetensors(model: nn.Module, path: Path) -> Path | None:

@@ -99,6 +99,14 @@ def release_other_stages(model: MUGDiT, stages: list[DiTStage]) -> None:
             setattr(model, name, nn.Parameter(token.detach().to("meta"), requires_grad=token.requires_grad))
 
 
+def adopt_stage_tokens(model: MUGDiT, stages: list[DiTStage]) -> None:
+    """The model holds the first stage's start / end tokens again once the stage has its own
+    (materialised or sharded: new parameter objects), as it shared them when the stage was cut."""
+    for stage in stages:
+        if stage.first:
+            model.start_token, model.end_token = stage.start_token, stage.end_token
+
+
 def pipeline_inputs(noisy, timestep, text, text_mask, frame_mask, fps) -> tuple[torch.Tensor, ...]:
     """The first stage's arguments (masks as float, so every stage boundary carries float tensors)."""
     return noisy, timestep, text, text_mask.float(), frame_mask.float(), fps

@@ -130,6 +130,28 @@ class Runtime:
 
         return pipeline_loss(prediction, packed)
 
+    @property
+    def builds_on_meta(self) -> bool:
+        """Whether the model is laid out on the meta device and filled from rank 0 (several ranks)."""
+        return self.world_size > 1
+
+    def materialise(self, model: torch.nn.Module, source: dict[str, torch.Tensor] | None,
+                    others: list[tuple[torch.nn.Module, torch.device]] = ()) -> None:
+        """Give the parallelized meta-device model (this rank's stages under a pipeline) and the
+        `others` (module, device) memory and fill them from global rank 0's full CPU tensors
+        `source` (None on the other ranks); see mugv.distributed.materialise."""
+        from mugv.distributed.materialise import materialise, share_rng_state
+
+        trained = self.trained_modules(model)
+        targets = [(m, self.device) for m in (trained if isinstance(trained, list) else [trained])]
+        progress = self.is_main and self.cfg.logging.progress
+        materialise([*targets, *others], source, self.device, progress)
+        if self.pipelined:
+            from mugv.distributed.pipeline import adopt_stage_tokens
+
+            adopt_stage_tokens(model, self.stages)
+        share_rng_state()
+
     def trained_modules(self, model: torch.nn.Module):
         """What the optimizer and checkpoints see: the model, or this rank's pipeline stages."""
         return list(self.stages) if self.pipelined else model

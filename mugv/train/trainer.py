@@ -102,14 +102,19 @@ class Trainer:
         self.device = self.runtime.device
         use_deterministic_algorithms(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
-        family = family_of(cfg.model)
-        self.model = (model or build_model(cfg.model)).to(self.device)
-        if cfg.checkpoint.init_weights:
-            from mugv.distributed.checkpoint import read_model_weights
-
-            family.load_weights(self.model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout="mugv")
-        if cfg.lora.rank:
-            apply_lora(self.model, cfg.lora)
+        # several ranks: only rank 0 builds the model with its values (in host memory), every rank
+        # lays it out on the meta device and fills its part after parallelizing (materialise below)
+        on_meta = model is None and self.runtime.builds_on_meta
+        source = None
+        if on_meta:
+            if self.runtime.is_main:
+                source = self.initial_model(build_model(cfg.model))
+            with torch.device("meta"):
+                self.model = build_model(cfg.model)
+            if cfg.lora.rank:
+                apply_lora(self.model, cfg.lora)
+        else:  # one process (or a model handed in): on the device, as it trains
+            self.model = self.initial_model((model or build_model(cfg.model)).to(self.device))
         freeze_parameters(self.model, cfg.train.freeze)
         if self.runtime.dims.pp > 1 and (cfg.ema.decay or cfg.ema.power_sigma_rels or cfg.lora.rank):
             # each pipeline rank holds only its stages: the exports would need a gather across them
@@ -125,6 +130,14 @@ class Trainer:
         self.runtime.parallelize(self.model)
         if self.reference is not None:
             self.reference.parallelize(self.runtime)
+        if on_meta:  # rank 0 sends its values (then frees them); each rank keeps its part
+            from mugv.distributed.checkpoint import model_tensors
+
+            state = None if source is None else model_tensors(source)
+            del source
+            others = [] if self.reference is None else self.reference.homes(self.device)
+            self.runtime.materialise(self.model, state, others)
+            del state
         self.data = data or self.runtime.data_source()
         self.samples_seen = 0
         self._image_fraction: float | None = None
@@ -141,6 +154,18 @@ class Trainer:
         precision = cfg.train.precision
         self.use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
         self.peak_tflops = device_peak_tflops(self.device, cfg.logging.peak_tflops)
+
+    def initial_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model` with its starting values: `checkpoint.init_weights` loaded, LoRA factors added."""
+        cfg = self.cfg
+        if cfg.checkpoint.init_weights:
+            from mugv.distributed.checkpoint import read_model_weights
+
+            family = family_of(cfg.model)
+            family.load_weights(model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout="mugv")
+        if cfg.lora.rank:
+            apply_lora(model, cfg.lora)
+        return model
 
     # ----------------------------------------------------------------------------------------
     # Checkpoints

@@ -19,9 +19,10 @@ BATCH_PER_RANK = 2  # KTO: one desirable and one undesirable sample per rank (la
 
 
 def preference_trainer(run_dir: str, name: str, objective: str, reference: str, world: int, dp_rank: int,
-                       parallel: dict, steps: int, extra: tuple[str, ...] = ()):
+                       parallel: dict, steps: int, extra: tuple[str, ...] = (), hand_in_model: bool = True):
     """A Trainer of `objective` with `reference` ("adapters_off": LoRA; "frozen_copy": full weights)
-    from trained-looking weights, on this rank's part of the synthetic preference data."""
+    from trained-looking weights (`hand_in_model`; else the ones it builds itself), on this rank's
+    part of the synthetic preference data."""
     from mugv.train.trainer import Trainer
 
     # KTO: desirable samples weigh 3x, so that the rewards grow and the reference point z leaves 0
@@ -34,7 +35,7 @@ def preference_trainer(run_dir: str, name: str, objective: str, reference: str, 
     cfg = sc.trainer_config(run_dir, name, steps, parallel, overrides)
     data = SyntheticPreferences(cfg.data, cfg.model.in_channels, cfg.model.text_dim, paired=objective == "dpo",
                                 dp_rank=dp_rank, dp_size=1 if world == 1 else 2)
-    return Trainer(cfg, model=sc.make_model(cfg.model), data=data)
+    return Trainer(cfg, model=sc.make_model(cfg.model) if hand_in_model else None, data=data)
 
 
 class FirstGradients:

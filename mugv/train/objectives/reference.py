@@ -47,6 +47,13 @@ class ReferenceModel:
         if not plan.fsdp:
             self.stream_blocks(runtime.device)
 
+    def homes(self, device: torch.device) -> list[tuple[nn.Module, torch.device]]:
+        """Where a frozen copy laid out on the meta device gets its memory: `device`, or CPU memory
+        when offloaded ([] for the model itself with its adapters off)."""
+        if not self.separate:
+            return []
+        return [(self.module, torch.device("cpu") if self.offload else torch.device(device))]
+
     def stream_blocks(self, device: torch.device) -> None:
         """One device, offloaded: run the blocks with weights streamed from CPU memory to `device`."""
         if self.offload:
@@ -116,9 +123,10 @@ class BlockStreamer:
 
 def frozen_copy(model: nn.Module, blocks_on_cpu: bool) -> nn.Module:
     """A frozen copy of `model`; with `blocks_on_cpu`, its blocks' weights are copied straight to
-    CPU memory (never a second copy of them on the device)."""
+    CPU memory (never a second copy of them on the device). A model on the meta device (several
+    ranks) is copied there: it gets memory, in CPU memory when offloaded, once parallelized."""
     memo = {}
-    if blocks_on_cpu:
+    if blocks_on_cpu and not next(model.parameters()).is_meta:
         for p in model.blocks.parameters():
             memo[id(p)] = nn.Parameter(p.detach().to("cpu", copy=True), requires_grad=False)
     frozen = copy.deepcopy(model, memo).eval()
