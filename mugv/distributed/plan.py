@@ -173,6 +173,16 @@ def estimate(cfg: RunConfig, dims: ParallelDims, local: dict[str, int],
     return mem, info
 
 
+def startup_lines(full: dict[str, int], world_size: int) -> list[str]:
+    """What start-up holds beyond the training state (mugv.distributed.materialise): rank 0 the
+    whole fp32 model in host memory; each rank's device one full tensor at a time while it is sent."""
+    if world_size == 1:
+        return [f"#   start-up: the one process builds the whole model in fp32, {sum(full.values()) * 4 / GIB:.2f} GiB"]
+    return [f"#   start-up: rank 0 builds the whole model in fp32 in host memory, {sum(full.values()) * 4 / GIB:.2f} "
+            f"GiB (freed once sent); the others lay it out on the meta device; each rank's device receives one full "
+            f"tensor at a time (largest {max(full.values()) * 4 / 2**20:.1f} MiB) and keeps its shard"]
+
+
 def format_plan(cfg: RunConfig, world_size: int, device_memory_gib: float = 80.0) -> str:
     dims = ParallelDims.from_config(cfg.parallel, world_size, cfg.model)
     local, full = _meta_local_params(cfg, dims)
@@ -214,8 +224,7 @@ def format_plan(cfg: RunConfig, world_size: int, device_memory_gib: float = 80.0
     lines += [
         f"#   fixed overhead (rule of thumb)  {mem.overhead_bytes / GIB:8.2f}",
         f"#   total                           {total:8.2f}",
-        f"#   start-up peak: each rank builds the whole model in fp32 before sharding, "
-        f"{sum(full.values()) * 4 / GIB:.2f} GiB",
+        *startup_lines(full, world_size),
     ]
     if total > device_memory_gib:
         lines.append(f"# WARNING: {total:.1f} GiB per rank exceeds {device_memory_gib:g} GiB of device memory")

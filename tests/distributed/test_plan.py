@@ -81,3 +81,15 @@ def test_averages_and_overhead_are_counted_and_a_pipeline_rank_only_its_stage():
 def test_a_plan_beyond_the_device_memory_warns():
     out = plan_of(["--model.preset=10b", "--data.text_tokens=16"], world=1)
     assert "WARNING" in out and "exceeds 80 GiB" in out
+
+
+def test_start_up_holds_the_whole_model_on_rank_0_host_only():
+    size = ["--model.preset=2b", "--data.text_tokens=16"]
+    cfg = load_config("debug", size)
+    whole_gib = cfg.model.num_params() * 4 / 2**30
+    sharded = plan_of(size)
+    assert "rank 0 builds the whole model in fp32 in host memory" in sharded
+    assert "the others lay it out on the meta device" in sharded
+    assert abs(figure(sharded, "in host memory,") - whole_gib) <= 0.01
+    assert figure(sharded, "(largest") < 0.01 * whole_gib * 1024  # one tensor, in MiB
+    assert abs(figure(plan_of(size, world=1), "builds the whole model in fp32,") - whole_gib) <= 0.01
