@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mugv.errors import ConfigError
-from mugv.models.dit.config import PRESETS, latent_shape_for_pixels
+from mugv.models.dit.config import PRESETS, DiTConfig, latent_shape_for_pixels
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, _: list[str]) -> int:
     if preset not in family.presets:
         raise ConfigError(f"--model {preset}: not a {family.name} preset; known: {', '.join(family.presets)}")
     cfg = family.from_preset(preset)
-    if family.train_flops is None:  # an autoencoder: its size is what there is to say
+    if not isinstance(cfg, DiTConfig):  # another family (a VAE, the Wan DiT): its size; the layout below is MUG-DiT's
         params = family.num_params(cfg)
         print(f"{family.name} {preset}: {params:,} parameters ({params / 1e9:.2f} B)")
         return 0
