@@ -49,6 +49,12 @@ def read_shape(frames: np.ndarray) -> str | None:
     return min(SHAPE_FILL, key=lambda shape: abs(SHAPE_FILL[shape] - fill))
 
 
+def foreground_color(frames: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray | None:
+    """Mean RGB of the foreground pixels; None when there are none."""
+    mask = foreground_mask(frames) if mask is None else mask
+    return frames[mask].astype(np.float64).mean(axis=0) if mask.any() else None
+
+
 def read_video(frames: np.ndarray, min_motion: float = 0.05) -> Reading:
     """Colour, shape and direction of the moving shape in (T, H, W, 3) uint8 frames."""
     mask = foreground_mask(frames)
@@ -56,7 +62,7 @@ def read_video(frames: np.ndarray, min_motion: float = 0.05) -> Reading:
     if share < 0.002:  # a shape covers a few % of the frame; stray texture pixels are not one
         return Reading(None, None, share)
     shape = read_shape(frames)
-    mean_color = frames[mask].astype(np.float64).mean(axis=0)
+    mean_color = foreground_color(frames, mask)
     color = min(COLORS, key=lambda name: np.linalg.norm(mean_color - np.array(COLORS[name])))
     centroids = []
     for frame_mask in mask:
