@@ -36,16 +36,16 @@ def correct_parts(scene: Scene, seen: Reading) -> int:
 COLOR_SCALE = 120.0
 
 
-def judged_score(scene: Scene, frames) -> float:
-    """What the judge weighs: the parts right (0 to 3), plus up to half a part each for how near the
-    foreground's fill of its box is to the asked shape's and its mean colour to the asked colour.
-    Among samples with as many parts right, the crisper square and the purer yellow win, as a careful
-    person would prefer them. Without the colour term, preferring shapes alone drifted borderline
-    yellows to green (seed 2: colour 92 % -> 69 % on held-out prompts)."""
+def nearness(scene: Scene, frames) -> float:
+    """Up to one part: half for how near the foreground's fill of its box is to the asked shape's,
+    half for how near its mean colour is to the asked colour. Among samples with as many parts right,
+    the judge prefers the crisper square and the purer yellow, as a careful person would. Without the
+    colour half, preferring shapes alone drifted borderline yellows to green (seed 2: colour 92 % ->
+    69 % on held-out prompts)."""
     fill, color = box_fill(frames), foreground_color(frames)
     shape_nearness = 0.0 if fill is None else max(0.0, 1.0 - abs(fill - SHAPE_FILL[scene.shape]) / 0.5)
     color_nearness = 0.0 if color is None else max(0.0, 1.0 - np.linalg.norm(color - COLORS[scene.color]) / COLOR_SCALE)
-    return correct_parts(scene, read_video(frames)) + 0.5 * (shape_nearness + color_nearness)
+    return 0.5 * (shape_nearness + color_nearness)
 
 
 def candidate_table(scenes: list[Scene], seed: int, out: Path) -> tuple[Path, list[tuple[str, Scene]]]:
@@ -68,15 +68,17 @@ def candidate_table(scenes: list[Scene], seed: int, out: Path) -> tuple[Path, li
 
 def label_candidates(videos: list[tuple[Path, Scene]], out: Path) -> dict:
     """A pairwise `mugv annotate` campaign over the candidates, answered by a judge that prefers the
-    video with the higher `judged_score` (nearly equal: a tie when both are fully right, else both
+    video with more parts right, then the higher `nearness` (nearly equal scores: a tie when both are fully right, else both
     bad). Returns the campaign's figures; its export holds dpo.jsonl."""
     from mugv.annotate.campaign import Video
     from mugv.annotate.judged import judged_campaign
     from mugv.video.reader import decode
 
-    clips = {path.stem: (scene, decode(path).frames) for path, scene in videos}
-    right = {name: correct_parts(scene, read_video(frames)) for name, (scene, frames) in clips.items()}
-    scores = {name: judged_score(scene, frames) for name, (scene, frames) in clips.items()}
+    right, scores = {}, {}  # parts right (0 to 3); what the judge weighs: parts right + nearness
+    for path, scene in videos:
+        frames = decode(path).frames
+        right[path.stem] = correct_parts(scene, read_video(frames))
+        scores[path.stem] = right[path.stem] + nearness(scene, frames)
     entries = [Video(id=path.stem, path=str(path.resolve()), prompt=scene.caption, model="sft")
                for path, scene in videos]
 

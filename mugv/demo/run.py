@@ -235,7 +235,7 @@ class Demo:
         dpo_dir = post / "dpo"
         run(["train", "--config", "dpo-demo", f"--data.shards={post / 'shards'}", f"--run_dir={dpo_dir}",
              f"--checkpoint.init_weights={sft}", *self.training_flags(), *self.plan.dpo_overrides])
-        held_out, _ = self.prompts()
+        held_out = self.out / "generate" / "prompts.csv"  # the generate stage's table: same prompts, same seeds
         self.render(held_out, post / "generate", sft, vae_weights, lora=dpo_dir / "lora.safetensors")
         return figures
 
