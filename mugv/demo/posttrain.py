@@ -1,9 +1,11 @@
 """The demo's post-training stage: the SFT model's own samples, labelled by a judge that knows the
-synthetic world's truth, train Flow-DPO; held-out prompts are scored before and after.
+synthetic world's truth, train Flow-DPO (pairs) and Flow-KTO (pass/fail); held-out prompts are scored
+before and after.
 
-The labels go through `mugv annotate` (a pairwise campaign the judge answers as people would) and its
-`dpo.jsonl` export, then through `mugv encode` and `mugv train --config dpo-demo`: the same files and
-commands a team labelling real videos would use.
+The labels go through `mugv annotate` (a pairwise campaign and a grading campaign the judge answers as
+people would) and their `dpo.jsonl` / `kto.jsonl` exports, then through `mugv encode` and
+`mugv train --config dpo-demo` / `kto-demo`: the same files and commands a team labelling real videos
+would use.
 """
 
 from __future__ import annotations
@@ -66,10 +68,12 @@ def candidate_table(scenes: list[Scene], seed: int, out: Path) -> tuple[Path, li
     return table, cases
 
 
-def label_candidates(videos: list[tuple[Path, Scene]], out: Path) -> dict:
-    """A pairwise `mugv annotate` campaign over the candidates, answered by a judge that prefers the
-    video with more parts right, then the higher `nearness` (nearly equal scores: a tie when both are fully right, else both
-    bad). Returns the campaign's figures; its export holds dpo.jsonl."""
+def label_candidates(videos: list[tuple[Path, Scene]], out: Path, graded: Path) -> dict:
+    """Two `mugv annotate` campaigns over the candidates, answered by a judge that knows the truth.
+    Pairwise (under `out`, export dpo.jsonl): the video with more parts right wins, then the higher
+    `nearness`; nearly equal scores are a tie when both are fully right, else both bad. Grading (under
+    `graded`, export kto.jsonl): pass when colour, shape and direction are all right, else fail.
+    Returns the candidate counts."""
     from mugv.annotate.campaign import Video
     from mugv.annotate.judged import judged_campaign
     from mugv.video.reader import decode
@@ -82,7 +86,7 @@ def label_candidates(videos: list[tuple[Path, Scene]], out: Path) -> dict:
     entries = [Video(id=path.stem, path=str(path.resolve()), prompt=scene.caption, model="sft")
                for path, scene in videos]
 
-    def judge(campaign, item, annotator):
+    def prefer(campaign, item, annotator):
         a, b = item.videos
         if abs(scores[a] - scores[b]) < TIE_MARGIN:
             verdict = "tie" if right[a] == right[b] == 3 else "both_bad"
@@ -90,16 +94,37 @@ def label_candidates(videos: list[tuple[Path, Scene]], out: Path) -> dict:
             verdict = "a" if scores[a] > scores[b] else "b"
         return {aspect: verdict for aspect in campaign.spec.aspects}
 
-    figures = judged_campaign(entries, out, judge, mode="pairwise", annotators=1, labels_per_item=1, rounds=200,
-                              name="demo-preferences", aspects=["overall"])
-    figures["candidates_fully_right"] = sum(n == 3 for n in right.values())
-    figures["candidates"] = len(right)
-    return figures
+    def grade(campaign, item, annotator):
+        return {"grade": "pass" if right[item.videos[0]] == 3 else "fail", "tags": []}
+
+    judged_campaign(entries, out, prefer, mode="pairwise", annotators=1, labels_per_item=1, rounds=200,
+                    name="demo-preferences", aspects=["overall"])
+    judged_campaign(entries, graded, grade, mode="grade", annotators=1, labels_per_item=1, rounds=200,
+                    name="demo-pass-fail")
+    return {"candidates": len(right), "candidates_fully_right": sum(n == 3 for n in right.values())}
+
+
+def kto_label_counts(labels_file: Path) -> tuple[int, int]:
+    """(desirable, undesirable) rows of a kto.jsonl."""
+    import json
+
+    labels = [bool(json.loads(line)["label"]) for line in labels_file.read_text().splitlines()]
+    return sum(labels), len(labels) - sum(labels)
+
+
+def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
+    """(lambda_d, lambda_u) that make both classes weigh alike (lambda x count equal), the rarer class
+    raised, the other at 1."""
+    return max(1.0, undesirable / desirable), max(1.0, desirable / undesirable)
+
+
+# The post-training runs: report name, run folder under post/, its held-out renders' folder, objective.
+POST_RUNS = (("SFT + DPO", "dpo", "generate", "Flow-DPO"), ("SFT + KTO", "kto", "generate-kto", "Flow-KTO"))
 
 
 def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels: dict) -> tuple["Section", dict]:
-    """Held-out adherence of the SFT model and of the same model after Flow-DPO (same prompts, same
-    seeds), the labels and the DPO run's reward figures, and the videos side by side."""
+    """Held-out adherence of the SFT model and of the same model after Flow-DPO and after Flow-KTO
+    (same prompts, same seeds), the labels and each run's reward figures, and the videos side by side."""
     import json
 
     from mugv.demo.adherence import score
@@ -109,8 +134,11 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
 
     post = out / "post"
     runs = {"SFT": held_out}
-    if labels["pairs"]:
-        runs["SFT + DPO"] = [(post / "generate" / path.name, scene) for path, scene in held_out]
+    trained = {name: (run, objective) for name, run, renders, objective in POST_RUNS
+               if (post / run / "metrics.jsonl").is_file()}
+    for name, run, renders, _ in POST_RUNS:
+        if name in trained:
+            runs[name] = [(post / renders / path.name, scene) for path, scene in held_out]
     frames = {name: [decode(path).frames for path, _ in videos] for name, videos in runs.items()}
     reports = {name: score([(scene, f) for (_, scene), f in zip(runs[name], frames[name])]) for name in runs}
     figures: dict = {"labels": labels}
@@ -122,19 +150,24 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
         rows.append([name, report.color_accuracy, report.shape_accuracy, report.direction_accuracy, all_right])
     text = (f"Post-training: the SFT model rendered {CANDIDATES_PER_PROMPT} samples of each training prompt "
             f"({labels['candidates']} videos, {labels['candidates_fully_right']} fully right). A judge that knows each "
-            "prompt's colour, shape and direction compared every two samples of a prompt in a pairwise `mugv annotate` "
-            "campaign (more parts right wins; among as many, the shape nearer the asked one; nearly equal: a tie, "
-            "or both bad): "
-            f"{labels['pairs']} preference pairs, exported as dpo.jsonl. ")
-    if not labels["pairs"]:
-        text += "With no pair to learn from, Flow-DPO did not run."
-        return Section("Post-training: Flow-DPO on judged samples", text,
-                       tables=[(["model", "colour", "shape", "direction", "all three"], rows)]), figures
-    steps = [json.loads(line) for line in (post / "dpo" / "metrics.jsonl").read_text().splitlines()]
-    tail = steps[-max(1, len(steps) // 5):]
-    reward_accuracy = sum(m["reward_accuracy"] for m in tail) / len(tail)
-    reward_margin = sum(m["reward_margin"] for m in tail) / len(tail)
-    figures["dpo"] = {"steps": len(steps), "reward_accuracy": reward_accuracy, "reward_margin": reward_margin}
+            "prompt's colour, shape and direction answered two `mugv annotate` campaigns over them. Pairwise, every "
+            "two samples of a prompt (more parts right wins; among as many, the shape and colour nearer the asked "
+            f"ones; nearly equal: a tie, or both bad): {labels['pairs']} preference pairs, exported as dpo.jsonl. "
+            f"Grading, each sample pass (all three right) or fail: {labels['kto_rows']} labels, exported as "
+            "kto.jsonl. ")
+    table = [(["model", "colour", "shape", "direction", "all three"], rows)]
+    if not trained:
+        text += "With no labels of both kinds to learn from, no preference run trained."
+        return Section("Post-training: Flow-DPO and Flow-KTO on judged samples", text, tables=table), figures
+    for name, (run, objective) in trained.items():
+        steps = [json.loads(line) for line in (post / run / "metrics.jsonl").read_text().splitlines()]
+        tail = steps[-max(1, len(steps) // 5):]
+        figures[run] = {"steps": len(steps),
+                        "reward_accuracy": sum(m["reward_accuracy"] for m in tail) / len(tail),
+                        "reward_margin": sum(m["reward_margin"] for m in tail) / len(tail)}
+        text += (f"`mugv train --config {run}-demo` ({objective}, LoRA, the adapters-off network as reference): "
+                 f"{len(steps)} steps, reward accuracy {figures[run]['reward_accuracy']:.2f} and margin "
+                 f"{figures[run]['reward_margin']:.2f} over the last fifth. ")
     shown = []
     for i, (_, scene) in enumerate(held_out):
         for name in runs:
@@ -144,9 +177,7 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
                                     f"{row['seen_direction'] or '-'}",
                                ok=bool(row["color_ok"] and row["shape_ok"] and row["direction_ok"]),
                                strip=filmstrip(frames[name][i], video.with_suffix(".frames.png"))))
-    text += ("They were encoded by `mugv encode` and trained by `mugv train --config dpo-demo` (Flow-DPO, LoRA, the "
-             f"adapters-off network as reference): {len(steps)} steps, reward accuracy {reward_accuracy:.2f} and "
-             f"margin {reward_margin:.2f} over the last fifth. Below, the held-out prompts rendered by the SFT model "
-             "and by the same model with the DPO adapter, same seeds, side by side.")
-    return Section("Post-training: Flow-DPO on judged samples", text,
-                   tables=[(["model", "colour", "shape", "direction", "all three"], rows)], videos=shown), figures
+    text += ("Below, the held-out prompts rendered by the SFT model and by the same model with each adapter, same "
+             "seeds, side by side.")
+    return Section("Post-training: Flow-DPO and Flow-KTO on judged samples", text, tables=table,
+                   videos=shown), figures

@@ -38,14 +38,14 @@ class DemoPlan:
     seeds_per_prompt: int = 2
     vae_overrides: tuple[str, ...] = ()
     dit_overrides: tuple[str, ...] = ()
-    dpo_overrides: tuple[str, ...] = ()
+    preference_overrides: tuple[str, ...] = ()  # both DPO and KTO runs
     preference_prompts: int = 0  # training prompts the post-training samples (0: all of them)
 
     @classmethod
     def quick(cls) -> "DemoPlan":
         return cls(clips_per_scene=1, sample_steps=2, seeds_per_prompt=1,
                    vae_overrides=("--train.steps=4", "--stages.spatial_steps=1", "--stages.temporal_steps=1"),
-                   dit_overrides=("--train.steps=4",), dpo_overrides=("--train.steps=2",), preference_prompts=2)
+                   dit_overrides=("--train.steps=4",), preference_overrides=("--train.steps=2",), preference_prompts=2)
 
 
 def run(command: list[str]) -> None:
@@ -210,9 +210,9 @@ class Demo:
              "--negative-prompt", ""])
 
     def post_train(self, dit_dir: Path, vae_weights: Path) -> dict:
-        """Flow-DPO on the SFT model's own samples, labelled by the world's truth (mugv.demo.posttrain);
-        the held-out prompts are rendered again with the DPO adapter, same seeds, to compare."""
-        from mugv.demo.posttrain import candidate_table, label_candidates
+        """Flow-DPO and Flow-KTO on the SFT model's own samples, labelled by the world's truth
+        (mugv.demo.posttrain); the held-out prompts are rendered again with each adapter, same seeds."""
+        from mugv.demo.posttrain import candidate_table, kto_label_counts, kto_weights, label_candidates
 
         post = self.out / "post"
         sft = latest_checkpoint_dir(dit_dir)
@@ -220,24 +220,39 @@ class Demo:
         table, cases = candidate_table(scenes, self.seed, post / "candidates")
         if not all((post / "candidates" / f"{name}.mp4").is_file() for name, _ in cases):
             self.render(table, post / "candidates", sft, vae_weights)
-        labels, counts = post / "labels", post / "labels.json"
-        if not counts.is_file():  # the campaign's answers are stored once: a resumed demo reads them back
-            figures = label_candidates([(post / "candidates" / f"{name}.mp4", scene) for name, scene in cases], labels)
-            counts.write_text(json.dumps({k: figures[k] for k in ("candidates", "candidates_fully_right")}, indent=2))
+        counts = post / "labels.json"
+        if not counts.is_file():  # the campaigns' answers are stored once: a resumed demo reads them back
+            figures = label_candidates([(post / "candidates" / f"{name}.mp4", scene) for name, scene in cases],
+                                       post / "labels", post / "grades")
+            counts.write_text(json.dumps(figures, indent=2))
         figures = json.loads(counts.read_text())
-        pairs = labels / "export" / "dpo.jsonl"
+        pairs, graded = post / "labels" / "export" / "dpo.jsonl", post / "grades" / "export" / "kto.jsonl"
         figures["pairs"] = len(pairs.read_text().splitlines())
-        if not figures["pairs"]:  # every two samples of a prompt equally right: nothing to prefer
-            return figures
-        run(["encode", str(pairs), "--out", str(post / "shards"), "--vae-preset", "tiny",
+        desirable, undesirable = kto_label_counts(graded)
+        figures["kto_rows"] = desirable + undesirable
+        if figures["pairs"]:  # every two samples of a prompt equally right: nothing to prefer
+            self.preference_run(pairs, "dpo", "generate", sft, vae_weights)
+        if desirable and undesirable:  # KTO's reference point needs both kinds
+            lambda_d, lambda_u = kto_weights(desirable, undesirable)
+            self.preference_run(graded, "kto", "generate-kto", sft, vae_weights,
+                                [f"--preference.lambda_d={lambda_d}", f"--preference.lambda_u={lambda_u}"])
+        return figures
+
+    def preference_run(self, labels: Path, objective: str, renders: str, sft: Path, vae_weights: Path,
+                       overrides: list[str] | None = None) -> None:
+        """`mugv encode` the exported labels, `mugv train --config {objective}-demo` from the SFT
+        checkpoint, then the held-out prompts again with its adapter (the generate stage's table:
+        same prompts, same seeds)."""
+        post = self.out / "post"
+        shards, run_dir = post / f"{objective}-shards", post / objective
+        run(["encode", str(labels), "--out", str(shards), "--vae-preset", "tiny",
              "--vae-weights", str(vae_weights), "--text-encoder", "minilm", "--text-max-tokens", "32",
              "--buckets", "17x64x64", "--no-progress"])
-        dpo_dir = post / "dpo"
-        run(["train", "--config", "dpo-demo", f"--data.shards={post / 'shards'}", f"--run_dir={dpo_dir}",
-             f"--checkpoint.init_weights={sft}", *self.training_flags(), *self.plan.dpo_overrides])
-        held_out = self.out / "generate" / "prompts.csv"  # the generate stage's table: same prompts, same seeds
-        self.render(held_out, post / "generate", sft, vae_weights, lora=dpo_dir / "lora.safetensors")
-        return figures
+        run(["train", "--config", f"{objective}-demo", f"--data.shards={shards}", f"--run_dir={run_dir}",
+             f"--checkpoint.init_weights={sft}", *self.training_flags(), *(overrides or []),
+             *self.plan.preference_overrides])
+        self.render(self.out / "generate" / "prompts.csv", post / renders, sft, vae_weights,
+                    lora=run_dir / "lora.safetensors")
 
     def evaluate(self) -> Path:
         """`mugv eval` on the generated videos (offline metrics, with the demo world's adherence)."""
