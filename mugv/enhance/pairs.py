@@ -5,7 +5,8 @@
 * `fit_vae` trains a (tiny) Wan VAE on the clean clips: first on single frames, where shape and
   colour are learned cheaply, then on whole clips for the causal temporal path. A random-weight
   VAE would make every pixel figure meaningless: the enhancer works on latents and can only ever
-  be as good as the VAE's reconstruction of the clean clip.
+  be as good as the VAE's reconstruction of the clean clip. `prepare_vae_for_training` sets up
+  the weights it starts from (see there for why).
 * `fold_latent_normalisation` rescales its latent projections so that the pipeline's fixed
   per-channel normalisation (the Wan2.1 constants) yields zero-mean, unit-variance latents on
   these clips: the enhancer's noise at sigma 0.3 is then sized as it is for the released VAE.
@@ -46,15 +47,49 @@ def decoder_output(vae: nn.Module, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(outputs, dim=2)
 
 
-def fit_vae(vae: nn.Module, clips: np.ndarray, image_steps: int, video_steps: int, *, lr: float = 2e-3,
+@torch.no_grad()
+def prepare_vae_for_training(vae: nn.Module, video: torch.Tensor) -> None:
+    """Starting weights of a Wan VAE trained from scratch on `video` (N, 3, T, H, W) in [-1, 1].
+
+    * The output layer starts at the clips' mean colour with zero weights. Wan normalises features
+      per pixel across channels (RMS norm), so the random variation of a fresh decoder cannot be
+      shrunk, only aligned: fitting the mean colour made every pixel's features point one way and
+      stalled training on a mean-colour plateau.
+    * Every causal convolution starts as a per-frame one (the taps on earlier frames zero), the
+      encoder's temporal downsampling as keeping a frame and the decoder's upsampling as repeating
+      one. Single-frame steps never train those taps (they only see the causal zero padding), so
+      random ones would garble whole clips; this way the single-frame stage already reconstructs
+      clips frame by frame, and the whole-clip stage only learns the motion between frames."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanResample
+
+    vae.decoder.conv_out.weight.zero_()
+    vae.decoder.conv_out.bias.copy_(video.mean(dim=(0, 2, 3, 4)))
+    resamplers = {m.time_conv for m in vae.modules() if isinstance(m, WanResample) and hasattr(m, "time_conv")}
+    for conv in vae.modules():
+        if not isinstance(conv, WanCausalConv3d) or conv.kernel_size[0] == 1:
+            continue
+        if conv in resamplers:  # out channels: one copy of the input per output frame
+            conv.weight.zero_()
+            conv.bias.zero_()
+            for copy in range(conv.out_channels // conv.in_channels):
+                rows = slice(copy * conv.in_channels, (copy + 1) * conv.in_channels)
+                conv.weight[rows, :, -1, 0, 0] = torch.eye(conv.in_channels)
+        else:
+            conv.weight[:, :, :-1] = 0
+
+
+def fit_vae(vae: nn.Module, clips: np.ndarray, image_steps: int, video_steps: int, *, lr: float = 3e-4,
             image_batch: int = 8, video_batch: int = 1, seed: int = 0,
             progress: Callable[[int], None] = lambda _: None) -> list[float]:
-    """Train `vae` on uint8 clips (N, T, H, W, 3), T = 4k + 1, with an L1 + L2 reconstruction loss
-    of its posterior mean: `image_steps` on single frames, then `video_steps` on whole clips.
-    Returns the losses; the VAE is left in eval mode."""
+    """Train `vae` from `prepare_vae_for_training`'s start on uint8 clips (N, T, H, W, 3),
+    T = 4k + 1, with an L1 + L2 reconstruction loss of its posterior mean: `image_steps` on single
+    frames, then `video_steps` on whole clips, the learning rate decaying over both (cosine, to a
+    tenth). Returns the losses; the VAE is left in eval mode."""
     video = torch.cat([frames_to_video(clip) for clip in clips])  # (N, 3, T, H, W) in [-1, 1]
     generator = torch.Generator().manual_seed(seed)
+    prepare_vae_for_training(vae, video)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(image_steps + video_steps, 1), eta_min=lr / 10)
     vae.train()
     losses = []
     for step in range(image_steps + video_steps):
@@ -69,6 +104,7 @@ def fit_vae(vae: nn.Module, clips: np.ndarray, image_steps: int, video_steps: in
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         losses.append(float(loss.detach()))
         progress(1)
     vae.eval()

@@ -100,6 +100,25 @@ def test_folding_the_latent_normalisation_keeps_reconstructions():
     assert_close_to_scale(latents.std(dim=(0, 2, 3, 4)), torch.ones(16), rel=1e-4, scale=1.0)
 
 
+def test_a_prepared_vae_starts_at_the_mean_colour_and_reconstructs_a_still_clip_frame_by_frame():
+    from mugv.enhance.pairs import decoder_output, prepare_vae_for_training
+
+    torch.manual_seed(0)
+    vae = build_model(WanVAEConfig.from_preset("debug"))
+    frame = torch.rand(1, 3, 1, 16, 16) * 2 - 1
+    still = frame.expand(1, 3, 5, 16, 16).contiguous()
+    with torch.no_grad():
+        prepare_vae_for_training(vae, still)
+        start = decoder_output(vae, vae.encode(still).latent_dist.mean)
+        assert_close_to_scale(start, still.mean(dim=(2, 3, 4), keepdim=True).expand_as(start), rel=1e-6, scale=1.0)
+        vae.decoder.conv_out.weight[:, :, -1].normal_(0, 0.1)  # as if single frames had trained it
+        alone = decoder_output(vae, vae.encode(frame).latent_dist.mean)
+        clip = decoder_output(vae, vae.encode(still).latent_dist.mean)
+    assert clip.shape == still.shape
+    for t in range(still.shape[2]):
+        assert_close_to_scale(clip[:, :, t], alone[:, :, 0], rel=1e-5)
+
+
 def test_a_few_trainer_steps_lower_the_enhancer_loss(tmp_path):
     from mugv.train.trainer import Trainer
 
