@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pairs.add_argument("--frames", type=int, default=9, help="frames per clip, 4k+1 (default 9: three latent frames)")
     pairs.add_argument("--size", type=int, default=64, help="clip height and width in pixels, a multiple of 16 (default 64)")
     pairs.add_argument("--vae-preset", default="debug", help="Wan VAE size (default: debug, the tiny one)")
-    pairs.add_argument("--vae-image-steps", type=int, default=300, help="VAE training steps on single frames (default 300)")
-    pairs.add_argument("--vae-video-steps", type=int, default=60, help="VAE training steps on whole clips (default 60)")
+    pairs.add_argument("--vae-image-steps", type=int, default=1600, help="VAE training steps on single frames (default 1600)")
+    pairs.add_argument("--vae-video-steps", type=int, default=300, help="VAE training steps on whole clips (default 300)")
     pairs.add_argument("--vae-lr", type=float, default=3e-4,
                        help="VAE peak learning rate, cosine decay to a tenth (default 3e-4; 2e-3 stalls the tiny VAE)")
     pairs.add_argument("--seed", type=int, default=0)
