@@ -162,9 +162,11 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
     for name, (run, objective) in trained.items():
         steps = [json.loads(line) for line in (post / run / "metrics.jsonl").read_text().splitlines()]
         tail = steps[-max(1, len(steps) // 5):]
+        # a KTO batch of one label has no margin (it compares the two labels' rewards): such steps are left out
+        margins = [m["reward_margin"] for m in tail if "reward_margin" in m]
         figures[run] = {"steps": len(steps),
                         "reward_accuracy": sum(m["reward_accuracy"] for m in tail) / len(tail),
-                        "reward_margin": sum(m["reward_margin"] for m in tail) / len(tail)}
+                        "reward_margin": sum(margins) / len(margins) if margins else float("nan")}
         text += (f"`mugv train --config {run}-demo` ({objective}, LoRA, the adapters-off network as reference): "
                  f"{len(steps)} steps, reward accuracy {figures[run]['reward_accuracy']:.2f} and margin "
                  f"{figures[run]['reward_margin']:.2f} over the last fifth. ")
