@@ -118,8 +118,9 @@ def kto_weights(desirable: int, undesirable: int) -> tuple[float, float]:
     return max(1.0, undesirable / desirable), max(1.0, desirable / undesirable)
 
 
-# The post-training runs: report name, run folder under post/, its held-out renders' folder, objective.
-POST_RUNS = (("SFT + DPO", "dpo", "generate", "Flow-DPO"), ("SFT + KTO", "kto", "generate-kto", "Flow-KTO"))
+# The post-training runs by objective (also their run folder under post/ and their `{objective}-demo`
+# profile): report name, the folder under post/ of their held-out renders, what they train.
+POST_RUNS = {"dpo": ("SFT + DPO", "generate", "Flow-DPO"), "kto": ("SFT + KTO", "generate-kto", "Flow-KTO")}
 
 
 def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels: dict) -> tuple["Section", dict]:
@@ -133,12 +134,11 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
     from mugv.video.reader import decode
 
     post = out / "post"
+    trained = [run for run in POST_RUNS if (post / run / "metrics.jsonl").is_file()]
     runs = {"SFT": held_out}
-    trained = {name: (run, objective) for name, run, renders, objective in POST_RUNS
-               if (post / run / "metrics.jsonl").is_file()}
-    for name, run, renders, _ in POST_RUNS:
-        if name in trained:
-            runs[name] = [(post / renders / path.name, scene) for path, scene in held_out]
+    for run in trained:
+        name, renders, _ = POST_RUNS[run]
+        runs[name] = [(post / renders / path.name, scene) for path, scene in held_out]
     frames = {name: [decode(path).frames for path, _ in videos] for name, videos in runs.items()}
     reports = {name: score([(scene, f) for (_, scene), f in zip(runs[name], frames[name])]) for name in runs}
     figures: dict = {"labels": labels}
@@ -159,7 +159,7 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
     if not trained:
         text += "With no labels of both kinds to learn from, no preference run trained."
         return Section("Post-training: Flow-DPO and Flow-KTO on judged samples", text, tables=table), figures
-    for name, (run, objective) in trained.items():
+    for run in trained:
         steps = [json.loads(line) for line in (post / run / "metrics.jsonl").read_text().splitlines()]
         tail = steps[-max(1, len(steps) // 5):]
         # a KTO batch of one label has no margin (it compares the two labels' rewards): such steps are left out
@@ -167,7 +167,7 @@ def post_training_section(out: Path, held_out: list[tuple[Path, Scene]], labels:
         figures[run] = {"steps": len(steps),
                         "reward_accuracy": sum(m["reward_accuracy"] for m in tail) / len(tail),
                         "reward_margin": sum(margins) / len(margins) if margins else float("nan")}
-        text += (f"`mugv train --config {run}-demo` ({objective}, LoRA, the adapters-off network as reference): "
+        text += (f"`mugv train --config {run}-demo` ({POST_RUNS[run][2]}, LoRA, the adapters-off network as reference): "
                  f"{len(steps)} steps, reward accuracy {figures[run]['reward_accuracy']:.2f} and margin "
                  f"{figures[run]['reward_margin']:.2f} over the last fifth. ")
     shown = []

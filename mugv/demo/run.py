@@ -231,18 +231,20 @@ class Demo:
         desirable, undesirable = kto_label_counts(graded)
         figures["kto_rows"] = desirable + undesirable
         if figures["pairs"]:  # every two samples of a prompt equally right: nothing to prefer
-            self.preference_run(pairs, "dpo", "generate", sft, vae_weights)
+            self.preference_run(pairs, "dpo", sft, vae_weights)
         if desirable and undesirable:  # KTO's reference point needs both kinds
             lambda_d, lambda_u = kto_weights(desirable, undesirable)
-            self.preference_run(graded, "kto", "generate-kto", sft, vae_weights,
+            self.preference_run(graded, "kto", sft, vae_weights,
                                 [f"--preference.lambda_d={lambda_d}", f"--preference.lambda_u={lambda_u}"])
         return figures
 
-    def preference_run(self, labels: Path, objective: str, renders: str, sft: Path, vae_weights: Path,
+    def preference_run(self, labels: Path, objective: str, sft: Path, vae_weights: Path,
                        overrides: list[str] | None = None) -> None:
         """`mugv encode` the exported labels, `mugv train --config {objective}-demo` from the SFT
         checkpoint, then the held-out prompts again with its adapter (the generate stage's table:
-        same prompts, same seeds)."""
+        same prompts, same seeds) into the folder `POST_RUNS` names."""
+        from mugv.demo.posttrain import POST_RUNS
+
         post = self.out / "post"
         shards, run_dir = post / f"{objective}-shards", post / objective
         run(["encode", str(labels), "--out", str(shards), "--vae-preset", "tiny",
@@ -251,7 +253,7 @@ class Demo:
         run(["train", "--config", f"{objective}-demo", f"--data.shards={shards}", f"--run_dir={run_dir}",
              f"--checkpoint.init_weights={sft}", *self.training_flags(), *(overrides or []),
              *self.plan.preference_overrides])
-        self.render(self.out / "generate" / "prompts.csv", post / renders, sft, vae_weights,
+        self.render(self.out / "generate" / "prompts.csv", post / POST_RUNS[objective][1], sft, vae_weights,
                     lora=run_dir / "lora.safetensors")
 
     def evaluate(self) -> Path:

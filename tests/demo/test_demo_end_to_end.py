@@ -49,7 +49,7 @@ def test_quick_demo_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     labels.write_text("".join(json.dumps({"prompt": "a red circle moves to the right on a gray background",
                                           "completion": str(path), "label": i % 2 == 0}) + "\n"
                               for i, path in enumerate(candidates)))
-    demo.preference_run(labels, "kto", "generate-kto", latest_checkpoint_dir(out / "dit"),
+    demo.preference_run(labels, "kto", latest_checkpoint_dir(out / "dit"),
                         out / "vae" / "vae-normalized.safetensors", ["--preference.lambda_d=1.0"])
     assert len(list((out / "post" / "generate-kto").glob("*.mp4"))) == 7
     assert len((out / "post" / "kto" / "metrics.jsonl").read_text().splitlines()) == 2
