@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--aesthetic", type=float, default=6.0,
                         help="score appended to captions as ' aesthetic score: S.' (negative: none)")
-    parser.add_argument("--vae-preset", default="mugv", help="VAE preset (mugv, tiny)")
+    parser.add_argument("--vae-preset", default="mugv", help="VAE preset (mugv, tiny, tiny-shortcut)")
     parser.add_argument("--vae-weights", default="", help="VAE checkpoint (ours, MUG-V or diffusers layout)")
     parser.add_argument("--random-vae", action="store_true", help="allow random VAE weights (tests and demos)")
     parser.add_argument("--sample-posterior", action="store_true",

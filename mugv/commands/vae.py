@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("sources", nargs="+", help="folders, media files or manifests")
         sub.add_argument("--weights", help="our checkpoint directory, or a weights file (vae.pt, .safetensors) with --config/--preset")
         sub.add_argument("--config", help="profile whose [model] section sets the VAE size")
-        sub.add_argument("--preset", help="VAE preset when no config is given (mugv, tiny)")
+        sub.add_argument("--preset", help="VAE preset when no config is given (mugv, tiny, tiny-shortcut)")
         sub.add_argument("--height", type=int, default=256)
         sub.add_argument("--width", type=int, default=256)
         sub.add_argument("--frames", type=int, default=17, help="frames per clip (images: 1)")

@@ -24,6 +24,11 @@ from mugv.demo.world import Scene, render, split_scenes, sub_seed
 from mugv.errors import MugvError, user_error_message
 
 
+# The `vae-demo` profile's model: the tiny VAE whose temporal half starts from a fitted linear
+# shortcut (without it, every square comes back as a round blob).
+VAE_PRESET = "tiny-shortcut"
+
+
 class DemoError(MugvError, RuntimeError):
     pass
 
@@ -131,8 +136,8 @@ class Demo:
             write_mp4(held_out / f"{i}.mp4", clip, fps=12)
         untrained = run_dir / "untrained.safetensors"
         torch.manual_seed(self.seed)
-        save_file(MUGVideoVAE(VAEConfig.from_preset("tiny")).state_dict(), untrained)
-        evaluate = ["vae", "eval", str(held_out), "--preset", "tiny", "--height", "64", "--width", "64", "--frames", "17"]
+        save_file(MUGVideoVAE(VAEConfig.from_preset(VAE_PRESET)).state_dict(), untrained)
+        evaluate = ["vae", "eval", str(held_out), "--preset", VAE_PRESET, "--height", "64", "--width", "64", "--frames", "17"]
         run([*evaluate, "--weights", str(untrained), "--output", str(run_dir / "eval-before.json")])
         run(["vae", "train", "--config", "vae-demo", "--source", str(manifest), f"--run_dir={run_dir}",
              *self.training_flags(), *self.plan.vae_overrides])
@@ -147,7 +152,7 @@ class Demo:
         from safetensors.torch import load_file, save_file
 
         stats_file = self.out / "vae" / "latent-stats.json"
-        run(["vae", "stats", str(manifest), "--weights", str(weights), "--preset", "tiny", "--height", "64",
+        run(["vae", "stats", str(manifest), "--weights", str(weights), "--preset", VAE_PRESET, "--height", "64",
              "--width", "64", "--frames", "17", "--output", str(stats_file)])
         stats = json.loads(stats_file.read_text())
         state = load_file(weights)
@@ -160,7 +165,7 @@ class Demo:
 
     def encode(self, manifest: Path, vae_weights: Path) -> Path:
         shards = self.out / "shards"
-        run(["encode", str(manifest), "--out", str(shards), "--vae-preset", "tiny", "--vae-weights", str(vae_weights),
+        run(["encode", str(manifest), "--out", str(shards), "--vae-preset", VAE_PRESET, "--vae-weights", str(vae_weights),
              "--text-encoder", "minilm", "--text-max-tokens", "32", "--buckets", "17x64x64,1x64x64", "--no-progress"])
         return shards
 
@@ -202,7 +207,7 @@ class Demo:
 
     def render(self, table: Path, out: Path, dit: Path, vae_weights: Path, lora: Path | None = None) -> None:
         """`mugv generate` of a prompts table with the demo's sampling settings."""
-        run(["generate", "--dit", str(dit), "--vae", str(vae_weights), "--vae-preset", "tiny",
+        run(["generate", "--dit", str(dit), "--vae", str(vae_weights), "--vae-preset", VAE_PRESET,
              *(["--lora", str(lora)] if lora else []),
              "--text-encoder", "minilm", "--prompts", str(table), "--out", str(out), "--height", "64", "--width", "64",
              "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", str(DEFAULT_CFG_SCALE),
@@ -247,7 +252,7 @@ class Demo:
 
         post = self.out / "post"
         shards, run_dir = post / f"{objective}-shards", post / objective
-        run(["encode", str(labels), "--out", str(shards), "--vae-preset", "tiny",
+        run(["encode", str(labels), "--out", str(shards), "--vae-preset", VAE_PRESET,
              "--vae-weights", str(vae_weights), "--text-encoder", "minilm", "--text-max-tokens", "32",
              "--buckets", "17x64x64", "--no-progress"])
         run(["train", "--config", f"{objective}-demo", f"--data.shards={shards}", f"--run_dir={run_dir}",

@@ -45,6 +45,9 @@ from mugv.video.tensors import to_uint8
 
 log = logging.getLogger(__name__)
 
+# Batches whose spatial features the temporal shortcut is fitted to (VAEConfig.temporal_shortcut).
+SHORTCUT_FIT_STEPS = 16
+
 
 
 def training_stage(step: int, cfg: VAERunConfig) -> tuple[str, int, int]:
@@ -144,6 +147,8 @@ class VAETrainer:
         total = 0.0
         stage = training_stage(step, cfg)[0]
         logged["stage"] = ("spatial", "temporal", "joint").index(stage)
+        if self._starts_shortcut(step):
+            logged["shortcut_variance_kept"] = self._fit_shortcut()
         for kind, batch, weight in self._batches(step):
             batch = batch.to(self.device)
             if stage == "temporal":
@@ -181,6 +186,30 @@ class VAETrainer:
         logged["loss"] = total
         self.step += 1
         return StepResult(step=self.step, losses=logged)
+
+    def _starts_shortcut(self, step: int) -> bool:
+        """The temporal half starts from its fitted shortcut where it starts training on a trained
+        spatial half: the first step after the spatial stage (never for loaded weights)."""
+        return (
+            self.model.temporal.shortcut is not None
+            and not self.cfg.checkpoint.init_weights
+            and self.cfg.stages.spatial_steps > 0
+            and step == self.cfg.stages.spatial_steps
+        )
+
+    def _fit_shortcut(self) -> float:
+        """PCA of the frozen spatial features of the stage's first `SHORTCUT_FIT_STEPS` batches;
+        returns the variance fraction the latent keeps."""
+        first = self.cfg.stages.spatial_steps
+        with torch.no_grad():
+            features = [
+                self.model.spatial_features(batch.to(self.device)).float()
+                for step in range(first, first + SHORTCUT_FIT_STEPS)
+                for _, batch, _ in self._batches(step)
+            ]
+        kept = self.model.temporal.start_from_shortcut(features)
+        log.info("temporal shortcut fitted: the latent keeps %.2f %% of the spatial features' variance", 100 * kept)
+        return kept
 
     def _temporal_terms(self, batch: Tensor, noise: torch.Generator) -> dict[str, Tensor]:
         """The temporal half's loss on the frozen spatial half's features of `batch`: feature MSE

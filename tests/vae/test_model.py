@@ -197,3 +197,54 @@ def test_config_validation_names_the_key():
 def test_preset_overrides_through_config_loader():
     cfg = load_config(None, ["--preset=mugv", "--tile_size=256"], cls=VAEConfig)
     assert cfg.temporal_filters == 128 and cfg.tile_size == 256
+
+
+def _low_rank_features(rank: int, seed: int = 0) -> list[torch.Tensor]:
+    """Spatial features (B, 32, 8k, h, w) whose stacked frame groups (256 values per position)
+    lie in an affine subspace of dimension `rank`: a 24-dim latent can hold them exactly."""
+    g = torch.Generator().manual_seed(seed)
+    basis, offset = torch.randn(rank, 8 * 32, generator=g), torch.randn(8 * 32, generator=g)
+    tensors = []
+    for groups, size in ((2, 4), (1, 2)):  # clips and images differ in length: fit takes both
+        coefficients = torch.randn(3, groups, size, size, rank, generator=g)
+        stacked = coefficients @ basis + offset  # (B, n, h, w, 8 * 32), frame-major
+        tensors.append(stacked.view(3, groups, size, size, 8, 32).permute(0, 5, 1, 4, 2, 3).reshape(3, 32, 8 * groups, size, size))
+    return tensors
+
+
+def test_temporal_shortcut_fit_is_the_pca_of_the_features():
+    model = MUGVideoVAE(VAEConfig.from_preset("tiny-shortcut"))
+    shortcut = model.temporal.shortcut
+    features = _low_rank_features(rank=24)
+    with torch.no_grad():
+        assert shortcut.fit(features) == pytest.approx(1.0, abs=1e-9)
+        for f in features:  # within the subspace: the linear round trip is exact
+            assert_close_to_scale(shortcut.decode(shortcut.encode(f)), f, rel=1e-4)
+            # frame j of group n is frame 8n + j: encoding reads each group on its own
+            assert shortcut.encode(f).shape == (f.shape[0], 24, f.shape[2] // 8, *f.shape[3:])
+        # more directions than the latent holds: the 24 largest are kept, and the rest is lost
+        kept = shortcut.fit(_low_rank_features(rank=40, seed=1))
+    assert 24 / 40 < kept < 1.0
+
+
+def test_temporal_half_starts_as_its_fitted_shortcut():
+    model = MUGVideoVAE(VAEConfig.from_preset("tiny-shortcut"))
+    features = _low_rank_features(rank=24)
+    temporal = model.temporal
+    with torch.no_grad():
+        temporal.start_from_shortcut(features)
+        for f in features:  # the convolutional paths add nothing yet: the round trip is the PCA's
+            mean = temporal.encode(f)[:, :24]
+            assert_close_to_scale(temporal.decode(mean), f, rel=1e-4)
+    # the silenced last layers still learn
+    mean = temporal.encode(features[0])[:, :24]
+    temporal.decode(mean).square().mean().backward()
+    assert temporal.decoder.conv_out.weight.grad.abs().sum() > 0
+    assert temporal.quant_conv.weight.grad[:24].abs().sum() > 0
+
+
+def test_the_published_layout_has_no_shortcut():
+    assert MUGVideoVAE(VAEConfig.from_preset("tiny")).temporal.shortcut is None
+    assert not any("shortcut" in name for name in MUGVideoVAE(VAEConfig.from_preset("tiny")).state_dict())
+    with pytest.raises(ValueError, match="temporal_shortcut"):
+        MUGVideoVAE(VAEConfig.from_preset("tiny")).temporal.start_from_shortcut(_low_rank_features(24))

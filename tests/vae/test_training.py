@@ -142,6 +142,28 @@ def test_stages_train_one_half_at_a_time_then_both_and_resume_exactly(media_dir,
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
 
 
+def test_the_temporal_stage_starts_from_the_fitted_shortcut_and_resumes_exactly(media_dir, tmp_path):
+    stages = {"train.steps": 3, "stages.spatial_steps": 1, "stages.temporal_steps": 1, "model.preset": "tiny-shortcut"}
+    cfg = tiny_run(tmp_path / "a", media_dir, **stages)
+    trainer = VAETrainer(cfg, MediaPool.from_config(cfg.data))
+    trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.model.temporal.shortcut.state_dict().items()}
+    history = [trainer.train_step(), trainer.train_step()]
+    # fitted once, where the temporal half starts; its PCA keeps most of the features' variance
+    assert 0.5 < history[0].losses["shortcut_variance_kept"] <= 1.0
+    assert "shortcut_variance_kept" not in history[1].losses
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.temporal.shortcut.state_dict().items())
+
+    # stopped before the fit and resumed: the same weights as never stopping
+    cfg = tiny_run(tmp_path / "b", media_dir, **{**stages, "train.steps": 1, "stages.temporal_steps": 0})
+    VAETrainer(cfg, MediaPool.from_config(cfg.data)).fit()
+    cfg = tiny_run(tmp_path / "b", media_dir, **stages)
+    resumed = VAETrainer(cfg, MediaPool.from_config(cfg.data))
+    assert [r.step for r in resumed.fit()] == [2, 3]
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
 def test_stages_longer_than_the_run_are_refused(media_dir, tmp_path):
     with pytest.raises(ConfigError, match="stages.spatial_steps \\+ stages.temporal_steps = 5 exceeds train.steps = 4"):
         tiny_run(tmp_path, media_dir, **{"train.steps": 4, "stages.spatial_steps": 2, "stages.temporal_steps": 3})

@@ -2,8 +2,9 @@
 
 The VAE is two cascaded stages: a per-frame SDXL-shaped 2D autoencoder truncated after its
 mid-blocks (``spatial_*`` fields) and a 3D-conv autoencoder over independent groups of
-``temporal_factor`` frames (``temporal_*`` fields). Presets: ``mugv`` (the published size) and
-``tiny`` (a few hundred thousand parameters, trainable on a CPU in minutes).
+``temporal_factor`` frames (``temporal_*`` fields). Presets: ``mugv`` (the published size),
+``tiny`` (a few hundred thousand parameters, trainable on a CPU in minutes) and ``tiny-shortcut``
+(``tiny`` plus the temporal shortcut, the demo's).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class VAEConfig:
     temporal_multipliers: tuple[int, ...] = (1, 2, 2, 4)
     temporal_res_blocks: int = 1
     temporal_groups: int = 8
+    # A linear path from a group's stacked spatial features to the latent mean and back, added to
+    # the temporal encoder's mean and decoder's output (residual autoencoding, as DC-AE's
+    # shortcuts). Fitted as a PCA of the features before the temporal half trains, the temporal
+    # half starts as the best linear autoencoder and learns what a linear map misses. Not in the
+    # published VAE.
+    temporal_shortcut: bool = False
     latent_channels: int = 24
     # Latent normalisation `(z - mean) / std`; empty tuples mean 0 and 1 for every channel.
     latent_mean: tuple[float, ...] = ()
@@ -138,4 +145,6 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     ),
     # Same topology (8x8x8, 24 channels), narrow and shallow: trains on a CPU in minutes.
     "tiny": VAEConfig(preset="tiny"),
+    # The tiny VAE with the temporal shortcut: the demo's, which keeps a square's corners.
+    "tiny-shortcut": VAEConfig(preset="tiny-shortcut", temporal_shortcut=True),
 }

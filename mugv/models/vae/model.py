@@ -24,7 +24,7 @@ tiled in space, normalised latents).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -359,15 +359,70 @@ def _depth_to_time(x: Tensor) -> Tensor:
     return x.view(b, c2 // 2, 2, t, h, w).permute(0, 1, 3, 2, 4, 5).reshape(b, c2 // 2, 2 * t, h, w)
 
 
+def _stack_groups(features: Tensor, group: int) -> Tensor:
+    """(B, C, T, h, w) -> (B, T / group, h, w, group * C): each position's features of one frame
+    group side by side, frame-major."""
+    b, c, t, h, w = features.shape
+    return features.view(b, c, t // group, group, h, w).permute(0, 2, 4, 5, 3, 1).reshape(b, t // group, h, w, -1)
+
+
+def _unstack_groups(stacked: Tensor, group: int) -> Tensor:
+    """The inverse of :func:`_stack_groups`."""
+    b, n, h, w, gc = stacked.shape
+    return stacked.view(b, n, h, w, group, gc // group).permute(0, 5, 1, 4, 2, 3).reshape(b, gc // group, n * group, h, w)
+
+
+class TemporalShortcut(nn.Module):
+    """A linear map from a frame group's stacked features (group * C per position) to the latent
+    mean and back (`VAEConfig.temporal_shortcut`). :meth:`fit` makes it the PCA of given
+    features: the best linear autoencoder of them."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.group = cfg.temporal_factor
+        stacked = cfg.temporal_factor * cfg.spatial_latent_channels
+        self.down = nn.Linear(stacked, cfg.latent_channels)
+        self.up = nn.Linear(cfg.latent_channels, stacked)
+
+    def encode(self, features: Tensor) -> Tensor:
+        """(B, C, T, h, w) -> (B, latent, T / group, h, w)."""
+        return self.down(_stack_groups(features, self.group)).permute(0, 4, 1, 2, 3)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """(B, latent, n, h, w) -> (B, C, group * n, h, w)."""
+        return _unstack_groups(self.up(z.permute(0, 2, 3, 4, 1)), self.group)
+
+    @torch.no_grad()
+    def fit(self, features: Sequence[Tensor]) -> float:
+        """Set both maps to the principal components of `features` (tensors (B, C, T, h, w), T a
+        multiple of the group size) and return the fraction of their variance the latent keeps."""
+        stacked = torch.cat([_stack_groups(f, self.group).flatten(0, 3) for f in features]).double()
+        mean = stacked.mean(dim=0)
+        _, singular, directions = torch.linalg.svd(stacked - mean, full_matrices=False)
+        components = directions[: self.down.out_features]  # (latent, group * C)
+        if components.shape[0] < self.down.out_features:
+            raise ValueError(
+                f"fitting the temporal shortcut needs at least {self.down.out_features} feature vectors, "
+                f"got {stacked.shape[0]}"
+            )
+        self.down.weight.copy_(components)
+        self.down.bias.copy_(-components @ mean)
+        self.up.weight.copy_(components.T)
+        self.up.bias.copy_(mean)
+        variance = singular.square()
+        return float(variance[: self.down.out_features].sum() / variance.sum().clamp_min(1e-30))
+
+
 class TemporalAutoencoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         self.group = cfg.temporal_factor
-        latent = cfg.latent_channels
+        self.latent = latent = cfg.latent_channels
         self.encoder = TemporalEncoder(cfg)
         self.quant_conv = nn.Conv3d(2 * latent, 2 * latent, 1)
         self.post_quant_conv = nn.Conv3d(latent, latent, 1)
         self.decoder = TemporalDecoder(cfg)
+        self.shortcut = TemporalShortcut(cfg) if cfg.temporal_shortcut else None
 
     def encode(self, features: Tensor) -> Tensor:
         """(B, C, T, h, w), T a multiple of the group size -> moments (B, 2 * latent, T / group, h, w).
@@ -375,11 +430,31 @@ class TemporalAutoencoder(nn.Module):
         b, c, t, h, w = features.shape
         n = t // self.group
         groups = features.view(b, c, n, self.group, h, w).transpose(1, 2).reshape(b * n, c, self.group, h, w)
-        moments = _float32(self.quant_conv, self.encoder(groups))
-        return moments.view(b, n, -1, h, w).transpose(1, 2)
+        moments = _float32(self.quant_conv, self.encoder(groups)).view(b, n, -1, h, w).transpose(1, 2)
+        if self.shortcut is None:
+            return moments
+        mean, logvar = moments.split(self.latent, dim=1)
+        return torch.cat([mean + _float32(self.shortcut.encode, features).to(mean.dtype), logvar], dim=1)
 
     def decode(self, z: Tensor) -> Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        out = self.decoder(self.post_quant_conv(z))
+        if self.shortcut is None:
+            return out
+        return out + _float32(self.shortcut.decode, z).to(out.dtype)
+
+    @torch.no_grad()
+    def start_from_shortcut(self, features: Sequence[Tensor]) -> float:
+        """Fit the shortcut to `features` and silence the convolutional paths' outputs (zero last
+        layers, which still learn), so that the temporal half starts as the PCA autoencoder of
+        those features. Returns the variance fraction the latent keeps."""
+        if self.shortcut is None:
+            raise ValueError("start_from_shortcut needs VAEConfig.temporal_shortcut = true")
+        kept = self.shortcut.fit(features)
+        self.quant_conv.weight[: self.latent].zero_()
+        self.quant_conv.bias[: self.latent].zero_()
+        self.decoder.conv_out.weight.zero_()
+        self.decoder.conv_out.bias.zero_()
+        return kept
 
 
 # --------------------------------------------------------------------------------------------
