@@ -206,7 +206,10 @@ class CheckpointConfig:
     every_steps: int = 0  # 0: only at the end of training
     keep_last: int = 3
     resume: str = "auto"  # "auto" (latest in dir), "none", or a checkpoint directory
-    init_weights: str = ""  # start from these weights (ours .safetensors or MUG-V dit.pt)
+    init_weights: str = ""  # start from these weights (ours .safetensors or MUG-V dit.pt; a Wan DiT for wan-dit)
+    # The layout init_weights are in: "auto" (told from their key names) or one of the model family's
+    # layouts (MUG-DiT: mugv, megatron; wan-dit: wan, diffusers); checked by the trainer, which knows the families.
+    init_layout: str = "auto"
 
     def validate(self) -> None:
         _require(self.every_steps >= 0, "checkpoint.every_steps", self.every_steps, "must be >= 0")

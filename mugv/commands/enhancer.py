@@ -123,7 +123,7 @@ def run_pairs(args: argparse.Namespace, _: list[str]) -> int:
 def _load_dit(run: Path, checkpoint: Path | None):
     from mugv.config import load_config
     from mugv.distributed.checkpoint import read_model_weights
-    from mugv.models.registry import build_model
+    from mugv.models.registry import build_model, family_of
     from mugv.train.checkpoint import latest_checkpoint
     from mugv.train.lora import apply_lora, merge_lora
 
@@ -136,12 +136,10 @@ def _load_dit(run: Path, checkpoint: Path | None):
     checkpoint = checkpoint or latest_checkpoint(cfg.checkpoint_dir if cfg.checkpoint.dir else run / "checkpoints")
     if checkpoint is None or not checkpoint.is_dir():
         raise EnhancerRecipeError(f"--run {run}: no checkpoint (train it first, or name one with --checkpoint)")
-    dit = build_model(cfg.model)
+    dit, family = build_model(cfg.model), family_of(cfg.model)
     if cfg.lora.rank:
         apply_lora(dit, cfg.lora)
-    weights = read_model_weights(checkpoint, cfg.model.family)
-    buffers = {name for name, _ in dit.named_buffers()}  # the RoPE tables: saved, but rebuilt by the model
-    dit.load_state_dict({k: v for k, v in weights.items() if k not in buffers or k in dit.state_dict()})
+    family.load_weights(dit, read_model_weights(checkpoint, family.name), layout="diffusers")
     merge_lora(dit)
     return dit.eval(), cfg, checkpoint
 

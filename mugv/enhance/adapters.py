@@ -3,6 +3,8 @@
 * `dit_i2v.safetensors`: Wan-native names (827 tensors at full size). The condition branch
   `patch_embedding2` is folded into one 32-channel patch embedding: both convolutions share
   kernel and stride, so pe(x) + pe2(y) == conv([x; y], [W_pe | W_pe2]) + (b_pe + b_pe2).
+  Training starts the branch at zero on a Wan2.1 T2V DiT (no `patch_embedding2`):
+  `load_dit(..., zero_condition=True)`, the family's `load_init_weights`.
 * `pytorch_model.bin` (the "cond" checkpoint): its keys lose their first five characters
   ("pipe.") as the release's loader drops them; `dit.*.lora_{A,B}.default.weight` pairs are
   merged exactly in float32 (W + alpha/r * B @ A) and any other `dit.*` tensor replaces the base
@@ -15,6 +17,7 @@ mis-shaped key is an `EnhancerWeightsError` naming it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +30,7 @@ from mugv.errors import MugvError, reading
 StateDict = dict[str, Tensor]
 LORA_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<half>[AB])(?:\.default)?\.weight")
 PREFIX_LENGTH = 5  # the release's loader drops `key[:5]`, i.e. "pipe."
+log = logging.getLogger(__name__)
 
 
 class EnhancerWeightsError(MugvError, ValueError):
@@ -145,6 +149,16 @@ def fold_condition_branch(state: StateDict) -> StateDict:
     return state
 
 
+def with_zero_condition_branch(state: Mapping[str, Tensor], channels: int) -> StateDict:
+    """A T2V DiT's weights with a `patch_embedding2` of zeros over `channels` condition channels:
+    folded, the model computes what the T2V model does, whatever the condition."""
+    state = dict(state)
+    weight = state["patch_embedding.weight"]
+    state["patch_embedding2.weight"] = weight.new_zeros(weight.shape[0], channels, *weight.shape[2:])
+    state["patch_embedding2.bias"] = weight.new_zeros(weight.shape[0])
+    return state
+
+
 def dit_to_diffusers(state: Mapping[str, Tensor], condition_branch: bool = True) -> StateDict:
     """Wan-native DiT weights (LoRA already merged) -> diffusers names; unknown keys raise."""
     state = fold_condition_branch(dict(state)) if condition_branch else dict(state)
@@ -164,16 +178,30 @@ def detect_dit_layout(state: Mapping[str, Tensor]) -> str:
     return "wan" if "patch_embedding2.weight" in state or "head.head.weight" in state else "diffusers"
 
 
-def load_dit(model: nn.Module, state: Mapping[str, Tensor], layout: str = "auto") -> None:
+def load_dit(model: nn.Module, state: Mapping[str, Tensor], layout: str = "auto", *,
+             zero_condition: bool = False) -> None:
     """Load Wan-native (the release's dit_i2v.safetensors, LoRA merged) or diffusers-named
-    weights into a `WanTransformer3DModel` built by the `wan-dit` family."""
+    weights into a `WanTransformer3DModel` built by the `wan-dit` family. With `zero_condition`,
+    weights without a condition branch (a Wan2.1 T2V DiT's: no `patch_embedding2`, a patch
+    embedding over the latent channels only) load into a model with one too, the branch at zero."""
     if layout == "auto":
         layout = detect_dit_layout(state)
-    if layout == "wan":
-        condition = model.config.in_channels > model.config.out_channels
-        state = dit_to_diffusers(state, condition_branch=condition)
-    elif layout != "diffusers":
+    if layout not in ("wan", "diffusers"):
         raise EnhancerWeightsError(f"unknown Wan DiT layout {layout!r}; use 'wan', 'diffusers' or 'auto'")
+    # a training step folder also holds the non-persistent buffers (the RoPE tables), which the model rebuilds
+    rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    state = {k: v for k, v in state.items() if k not in rebuilt}
+    channels = model.config.in_channels - model.config.out_channels
+    embedding = state.get("patch_embedding.weight")
+    if (zero_condition and channels and "patch_embedding2.weight" not in state and embedding is not None
+            and embedding.shape[1] == model.config.out_channels):
+        log.warning("the DiT weights have no condition branch (a T2V DiT's): its %d input channels start at zero",
+                    channels)
+        state = with_zero_condition_branch(state, channels)
+        if layout == "diffusers":  # the Wan layout folds it below, with the rest of its names
+            state = fold_condition_branch(state)
+    if layout == "wan":
+        state = dit_to_diffusers(state, condition_branch=channels > 0)
     load_strict(model, state, f"DiT weights ({layout} layout)")
 
 

@@ -3,6 +3,8 @@ embedding widened by the condition branch) and `wan-vae` (diffusers' Autoencoder
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -48,7 +50,7 @@ WAN_DIT = register(ModelFamily(
     name="wan-dit", role="denoiser", config_cls=WanDiTConfig, build=build_wan_dit,
     from_preset=WanDiTConfig.from_preset, presets=tuple(WAN_DIT_PRESETS), layouts=("wan", "diffusers"),
     read_weights=adapters.read_weights, load_weights=adapters.load_dit, num_params=count_params,
-    train_flops=WanDiTConfig.train_flops,
+    train_flops=WanDiTConfig.train_flops, load_init_weights=functools.partial(adapters.load_dit, zero_condition=True),
 ))
 
 WAN_VAE = register(ModelFamily(

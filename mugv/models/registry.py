@@ -35,6 +35,10 @@ class ModelFamily:
     num_params: Callable[[Any], int]
     # (config, latent frames, latent height, latent width, text tokens) -> forward + backward FLOPs
     train_flops: Callable[..., int] | None = None
+    # As `load_weights`, for the weights a training run starts from (`checkpoint.init_weights`), which
+    # may be a related model's: the wan-dit takes a Wan2.1 T2V DiT, its condition branch at zero.
+    # None: `load_weights`.
+    load_init_weights: Callable[..., Any] | None = None
 
 
 FAMILIES: dict[str, ModelFamily] = {}

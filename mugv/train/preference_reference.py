@@ -16,9 +16,10 @@ import torch
 from mugv.config import ConfigError, RunConfig
 from mugv.data.preference import REFERENCE_ERRORS_NAME, collate_preferences
 from mugv.data.shards import ShardStore, read_index, split_url
-from mugv.models.registry import build_model, family_of
+from mugv.models.registry import build_model
 from mugv.train.curriculum import Curriculum
 from mugv.train.objectives import PreferenceObjective, build_objective
+from mugv.train.trainer import load_init_weights
 from mugv.utils.device import resolve_device
 from mugv.utils.progress import progress_bar
 
@@ -35,10 +36,7 @@ def record_reference_errors(cfg: RunConfig, progress: bool = True) -> tuple[str,
     torch.manual_seed(cfg.train.seed)  # the trainer's initialisation, for a run without init_weights
     model = build_model(cfg.model).to(device)
     if cfg.checkpoint.init_weights:  # as the trainer reads them: a file or a training step folder
-        from mugv.distributed.checkpoint import read_model_weights
-
-        family = family_of(cfg.model)
-        family.load_weights(model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout="mugv")
+        load_init_weights(model, cfg)
     model.eval()
     use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()

@@ -54,6 +54,26 @@ def freeze_parameters(model: torch.nn.Module, patterns: list[str]) -> None:
             param.requires_grad_(False)
 
 
+def init_layout(cfg: RunConfig) -> str:
+    """`checkpoint.init_layout`, checked against the layouts the model family loads."""
+    family = family_of(cfg.model)
+    allowed = ("auto", *family.layouts)
+    if cfg.checkpoint.init_layout not in allowed:
+        raise ConfigError(f"checkpoint.init_layout = {cfg.checkpoint.init_layout!r} is not one of "
+                          f"{', '.join(map(repr, allowed))} (model family {family.name!r})")
+    return cfg.checkpoint.init_layout
+
+
+def load_init_weights(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """`checkpoint.init_weights` (a file, or a training step folder) into `model`, read in
+    `checkpoint.init_layout`."""
+    from mugv.distributed.checkpoint import read_model_weights
+
+    family = family_of(cfg.model)
+    load = family.load_init_weights or family.load_weights
+    load(model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout=init_layout(cfg))
+
+
 def build_sample_renderer(cfg: RunConfig, model: MUGDiT, device: torch.device):
     """The hook that renders `sampling.prompts` with the weights being trained."""
     from mugv.infer.pipeline import GenerationRequest, VideoGenerator
@@ -100,6 +120,7 @@ class Trainer:
 
         self.runtime = init_runtime(cfg)
         self.device = self.runtime.device
+        init_layout(cfg)  # on every rank: only the main one reads init_weights (below)
         use_deterministic_algorithms(cfg.train.deterministic)
         seed_everything(cfg.train.seed)
         # several ranks: only rank 0 builds the model with its values (in host memory), every rank
@@ -159,10 +180,7 @@ class Trainer:
         """`model` with its starting values: `checkpoint.init_weights` loaded, LoRA factors added."""
         cfg = self.cfg
         if cfg.checkpoint.init_weights:
-            from mugv.distributed.checkpoint import read_model_weights
-
-            family = family_of(cfg.model)
-            family.load_weights(model, read_model_weights(cfg.checkpoint.init_weights, family.name), layout="mugv")
+            load_init_weights(model, cfg)
         if cfg.lora.rank:
             apply_lora(model, cfg.lora)
         return model
