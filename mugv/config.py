@@ -268,10 +268,15 @@ class LoRAConfig:
         "blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.cross_attn.q_linear", "blocks.*.cross_attn.kv_linear",
         "blocks.*.cross_attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2",
     ])
+    # Modules trained in full beside the adapters (patterns of module names, matched as `targets` are) and
+    # saved with them: the enhancer's patch embedding, which holds its condition branch (configs/enhancer-lora.toml).
+    train_modules: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         _require(self.rank >= 0, "lora.rank", self.rank, "must be >= 0")
         _require(not self.rank or bool(self.targets), "lora.targets", self.targets, "must name linear layers to adapt")
+        _require(self.rank or not self.train_modules, "lora.train_modules", self.train_modules,
+                 "needs lora.rank > 0 (without LoRA every module trains in full)")
 
 
 @dataclass
@@ -284,7 +289,8 @@ class PreferenceConfig:
     lambda_d: float = 1.0  # KTO weight of desirable samples
     lambda_u: float = 1.0  # KTO weight of undesirable samples
     sft_weight: float = 0.0  # weight of the flow loss on the preferred / desirable samples (a regulariser)
-    # auto: LoRA adapters off when lora.rank > 0, else a frozen copy; precomputed: recorded in the data
+    # auto: LoRA adapters off when lora.rank > 0 (and no lora.train_modules), else a frozen copy;
+    # precomputed: recorded in the data
     reference: Literal["auto", "adapters_off", "frozen_copy", "precomputed"] = "auto"
     # frozen_copy only: keep the copy's block weights in CPU memory and stream each block to the
     # device for its forward (sharded: FSDP2's CPUOffloadPolicy); saves one model's weights of device memory

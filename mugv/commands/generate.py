@@ -235,8 +235,8 @@ def training_flow_config(dit: Path):
 
 
 def attach_lora(dit, path: Path) -> None:
-    """Apply an adapter written by `mugv train` with lora.rank > 0 (its rank, alpha and targets
-    are in the file's metadata), merged into the weights."""
+    """Apply an adapter written by `mugv train` with lora.rank > 0 (its rank, alpha, targets and
+    the modules trained in full beside them are in the file's metadata), merged into the weights."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -248,7 +248,10 @@ def attach_lora(dit, path: Path) -> None:
         meta = f.metadata() or {}
     if not {"rank", "alpha", "targets"} <= set(meta):
         raise GenerationError(f"{path} is not a LoRA adapter saved by mugv train (no rank / alpha / targets metadata)")
-    cfg = LoRAConfig(rank=int(meta["rank"]), alpha=float(meta["alpha"]), targets=meta["targets"].split(","))
+    # an adapter of an older mugv has no train_modules entry: it trained the factors only
+    modules = [m for m in meta.get("train_modules", "").split(",") if m]
+    cfg = LoRAConfig(rank=int(meta["rank"]), alpha=float(meta["alpha"]), targets=meta["targets"].split(","),
+                     train_modules=modules)
     try:
         load_lora(dit, load_file(path), cfg)
     except (KeyError, ValueError) as exc:

@@ -8,8 +8,9 @@ velocity it learns is
 
 which is exactly the flow-matching target eps - z_hq when the clip is not degraded. Sigma is
 drawn near the inference sigma (0.3). As at inference, latent frame 0 is the low-quality clip's,
-at timestep 0, and is left out of the loss (it is never enhanced). The trained parameters are the
-LoRA and the condition branch; see `trainable_parameters`.
+at timestep 0, and is left out of the loss (it is never enhanced). The release's recipe trains
+LoRA (`WAN_LORA_TARGETS`) and the patch embedding that holds the condition branch
+(`lora.train_modules`, configs/enhancer-lora.toml).
 """
 
 from __future__ import annotations
@@ -62,14 +63,3 @@ class EnhancerFlowObjective:
         return ObjectiveOutput(loss=loss, per_sample=per_sample.detach(),
                                metrics={"loss": float(loss.detach()), "sigma_mean": float(sigma.mean())})
 
-
-def trainable_parameters(dit: nn.Module) -> list[nn.Parameter]:
-    """Freeze the DiT except its LoRA adapters (mugv.train.lora) and the patch embedding, which
-    holds the condition branch (its second 16 input channels)."""
-    chosen = []
-    for name, param in dit.named_parameters():
-        keep = "lora_" in name or name.startswith("patch_embedding.")
-        param.requires_grad_(keep)
-        if keep:
-            chosen.append(param)
-    return chosen

@@ -399,8 +399,9 @@ class Trainer:
         return [source.next_batch() for _ in range(v.batches)]
 
     def export_final(self, run_dir: Path, write: bool = True) -> None:
-        """Weights a user takes away: the EMA weights and the LoRA adapter, as full safetensors (the
-        adapter also in the PEFT layout, `lora-peft/`).
+        """Weights a user takes away: the EMA weights and the LoRA adapter (with the modules
+        `lora.train_modules` trains in full), as full safetensors (the adapter also in the PEFT
+        layout, `lora-peft/`).
         Every rank takes part in gathering them; only the one with `write` writes."""
         if self.ema is not None:
             shadow = self.gathered(self.ema.state_dict())
@@ -411,7 +412,8 @@ class Trainer:
             if write:
                 save_safetensors(adapter, run_dir / "lora.safetensors", {
                     "rank": str(self.cfg.lora.rank), "alpha": str(self.cfg.lora.alpha),
-                    "targets": ",".join(self.cfg.lora.targets)})
+                    "targets": ",".join(self.cfg.lora.targets),
+                    "train_modules": ",".join(self.cfg.lora.train_modules)})
                 save_peft_adapter(run_dir / "lora-peft", adapter, self.cfg.lora,
                                   base_model=self.cfg.checkpoint.init_weights or None)
 

@@ -44,9 +44,13 @@ def test_lora_starts_as_the_base_model_and_trains_only_the_adapters():
         assert not torch.allclose(model(*args, **kw), before)
 
 
-def test_merged_and_separately_loaded_adapters_compute_the_same():
+@pytest.mark.parametrize("cfg, adapted", [
+    (LoRAConfig(rank=2, alpha=4, targets=["blocks.*.attn.qkv", "blocks.*.mlp.fc2"]), 4),
+    # modules trained in full travel with the adapter and stay in the merged weights
+    (LoRAConfig(rank=2, alpha=4, targets=["blocks.*.mlp.fc2"], train_modules=["x_embedder", "t_block"]), 2),
+])
+def test_merged_and_separately_loaded_adapters_compute_the_same(cfg, adapted):
     model, args, kw = model_and_inputs()
-    cfg = LoRAConfig(rank=2, alpha=4, targets=["blocks.*.attn.qkv", "blocks.*.mlp.fc2"])
     apply_lora(model, cfg)
     fine_tune(model, args, kw)
     adapter = {k: v.clone() for k, v in lora_state_dict(model).items()}
@@ -58,8 +62,9 @@ def test_merged_and_separately_loaded_adapters_compute_the_same():
     with torch.no_grad():
         assert torch.equal(fresh(*args, **kw), tuned)  # the same weights and adapters, computed the same way
 
-    assert merge_lora(model) == 4
-    assert not lora_state_dict(model) and set(model.state_dict()) == set(fresh.state_dict()) - set(adapter)
+    assert merge_lora(model) == adapted
+    factors = {k for k in adapter if k.endswith((".lora_A", ".lora_B"))}
+    assert not lora_state_dict(model) and set(model.state_dict()) == set(fresh.state_dict()) - factors
     with torch.no_grad():
         assert_close_to_scale(model(*args, **kw), tuned)  # W + BA summed before the product, not after
 
@@ -70,3 +75,22 @@ def test_bad_targets_and_adapters_are_reported():
         apply_lora(model, LoRAConfig(rank=2, targets=["blocks.*.attn.nothing"]))
     with pytest.raises(KeyError, match="missing"):
         load_lora(model, {}, LoRAConfig(rank=2, targets=["blocks.0.mlp.fc1"]))
+
+
+def test_modules_trained_in_full_are_part_of_the_adapter_and_rule_out_the_adapters_off_reference():
+    from mugv.config import PreferenceConfig
+    from mugv.errors import ConfigError
+    from mugv.train.objectives.base import ReferenceMode
+    from mugv.train.objectives.preference import resolve_reference_mode
+    from mugv.train.objectives.reference import build_reference
+
+    model, _, _ = model_and_inputs()
+    cfg = LoRAConfig(rank=2, alpha=4, targets=["blocks.*.mlp.fc2"], train_modules=["x_embedder", "t_block"])
+    apply_lora(model, cfg)
+    full = {n for n, _ in model.named_parameters() if n.startswith(("x_embedder.", "t_block."))}
+    assert full and {n for n, p in model.named_parameters() if p.requires_grad} == set(lora_state_dict(model))
+    assert set(lora_state_dict(model)) - full == {f"blocks.{i}.mlp.fc2.lora_{ab}" for i in range(2) for ab in "AB"}
+    assert resolve_reference_mode(PreferenceConfig(), cfg) is ReferenceMode.FROZEN_COPY
+    assert resolve_reference_mode(PreferenceConfig(), LoRAConfig(rank=2)) is ReferenceMode.ADAPTERS_OFF
+    with pytest.raises(ConfigError, match="'adapters_off' is not the starting model"):
+        build_reference(ReferenceMode.ADAPTERS_OFF, model)

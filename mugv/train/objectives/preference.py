@@ -16,7 +16,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from mugv.config import FlowConfig, PreferenceConfig
+from mugv.config import FlowConfig, LoRAConfig, PreferenceConfig
 from mugv.data.batch import LatentBatch
 from mugv.data.preference import PreferenceBatch
 from mugv.errors import ConfigError
@@ -86,9 +86,9 @@ def row(batch: LatentBatch, i: int) -> LatentBatch:
                        batch.pixel_height, batch.pixel_width)
 
 
-def resolve_reference_mode(pref: PreferenceConfig, lora_rank: int) -> ReferenceMode:
-    if pref.reference == "auto":
-        return ReferenceMode.ADAPTERS_OFF if lora_rank else ReferenceMode.FROZEN_COPY
+def resolve_reference_mode(pref: PreferenceConfig, lora: LoRAConfig) -> ReferenceMode:
+    if pref.reference == "auto":  # modules trained in full: the adapters off are no longer the starting model
+        return ReferenceMode.ADAPTERS_OFF if lora.rank and not lora.train_modules else ReferenceMode.FROZEN_COPY
     return ReferenceMode(pref.reference)
 
 
@@ -231,4 +231,4 @@ def build_preference_objective(kind: type[PreferenceObjective], cfg, policy: Con
     if cfg.parallel.pp > 1:  # the pipeline schedule computes the flow loss per microbatch, not a pair's
         raise ConfigError(f"train.objective = {kind.name!r} does not support parallel.pp > 1: use FSDP / tensor / "
                           "context parallelism")
-    return kind(cfg.flow, cfg.preference, policy, resolve_reference_mode(cfg.preference, cfg.lora.rank), dp_group)
+    return kind(cfg.flow, cfg.preference, policy, resolve_reference_mode(cfg.preference, cfg.lora), dp_group)

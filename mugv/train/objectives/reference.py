@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mugv.errors import ConfigError
-from mugv.train.lora import has_lora, lora_disabled
+from mugv.train.lora import has_lora, lora_disabled, trained_in_full
 from mugv.train.objectives.base import ReferenceMode
 
 
@@ -147,6 +147,9 @@ def build_reference(mode: ReferenceMode, model: nn.Module, offload: bool = False
         if not has_lora(model):
             raise ConfigError("this objective's reference is the model with its LoRA adapters off: set lora.rank > 0 "
                               "(or use a frozen-copy reference for full fine-tuning)")
+        if full := sorted(trained_in_full(model)):
+            raise ConfigError(f"preference.reference = 'adapters_off' is not the starting model when lora.train_modules "
+                              f"trains parameters in full ({', '.join(full[:3])}): use 'frozen_copy'")
         return ReferenceModel(model, lambda: lora_disabled(model), separate=False)
     return ReferenceModel(frozen_copy(model, blocks_on_cpu=offload), contextlib.nullcontext, separate=True,
                           offload=offload)
