@@ -24,13 +24,16 @@ from mugv.demo.world import Scene, render, split_scenes, sub_seed
 from mugv.errors import MugvError, user_error_message
 
 
-# The `vae-demo` profile's model: the tiny VAE whose temporal half starts from a fitted linear
-# shortcut (without it, every square comes back as a round blob).
-VAE_PRESET = "tiny-shortcut"
-
-
 class DemoError(MugvError, RuntimeError):
     pass
+
+
+def demo_vae_preset() -> str:
+    """The VAE preset of the `vae-demo` profile, which every later stage must build to read its weights."""
+    from mugv.config import load_config
+    from mugv.vae_train.config import VAERunConfig
+
+    return load_config("vae-demo", [], cls=VAERunConfig).model.preset
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Demo:
         self.deterministic = deterministic
         self.timings: dict[str, float] = {}
         self.train_scenes, self.held_scenes = split_scenes(seed=seed)
+        self.vae_preset = demo_vae_preset()
         out.mkdir(parents=True, exist_ok=True)
         seed_file = out / "seed.txt"  # a resumed demo must keep its seed: its finished stages used it
         if seed_file.is_file() and int(seed_file.read_text()) != seed:
@@ -136,8 +140,8 @@ class Demo:
             write_mp4(held_out / f"{i}.mp4", clip, fps=12)
         untrained = run_dir / "untrained.safetensors"
         torch.manual_seed(self.seed)
-        save_file(MUGVideoVAE(VAEConfig.from_preset(VAE_PRESET)).state_dict(), untrained)
-        evaluate = ["vae", "eval", str(held_out), "--preset", VAE_PRESET, "--height", "64", "--width", "64", "--frames", "17"]
+        save_file(MUGVideoVAE(VAEConfig.from_preset(self.vae_preset)).state_dict(), untrained)
+        evaluate = ["vae", "eval", str(held_out), "--preset", self.vae_preset, "--height", "64", "--width", "64", "--frames", "17"]
         run([*evaluate, "--weights", str(untrained), "--output", str(run_dir / "eval-before.json")])
         run(["vae", "train", "--config", "vae-demo", "--source", str(manifest), f"--run_dir={run_dir}",
              *self.training_flags(), *self.plan.vae_overrides])
@@ -152,7 +156,7 @@ class Demo:
         from safetensors.torch import load_file, save_file
 
         stats_file = self.out / "vae" / "latent-stats.json"
-        run(["vae", "stats", str(manifest), "--weights", str(weights), "--preset", VAE_PRESET, "--height", "64",
+        run(["vae", "stats", str(manifest), "--weights", str(weights), "--preset", self.vae_preset, "--height", "64",
              "--width", "64", "--frames", "17", "--output", str(stats_file)])
         stats = json.loads(stats_file.read_text())
         state = load_file(weights)
@@ -165,7 +169,7 @@ class Demo:
 
     def encode(self, manifest: Path, vae_weights: Path) -> Path:
         shards = self.out / "shards"
-        run(["encode", str(manifest), "--out", str(shards), "--vae-preset", VAE_PRESET, "--vae-weights", str(vae_weights),
+        run(["encode", str(manifest), "--out", str(shards), "--vae-preset", self.vae_preset, "--vae-weights", str(vae_weights),
              "--text-encoder", "minilm", "--text-max-tokens", "32", "--buckets", "17x64x64,1x64x64", "--no-progress"])
         return shards
 
@@ -207,7 +211,7 @@ class Demo:
 
     def render(self, table: Path, out: Path, dit: Path, vae_weights: Path, lora: Path | None = None) -> None:
         """`mugv generate` of a prompts table with the demo's sampling settings."""
-        run(["generate", "--dit", str(dit), "--vae", str(vae_weights), "--vae-preset", VAE_PRESET,
+        run(["generate", "--dit", str(dit), "--vae", str(vae_weights), "--vae-preset", self.vae_preset,
              *(["--lora", str(lora)] if lora else []),
              "--text-encoder", "minilm", "--prompts", str(table), "--out", str(out), "--height", "64", "--width", "64",
              "--frames", "17", "--fps", "12", "--steps", str(self.plan.sample_steps), "--cfg", str(DEFAULT_CFG_SCALE),
@@ -252,7 +256,7 @@ class Demo:
 
         post = self.out / "post"
         shards, run_dir = post / f"{objective}-shards", post / objective
-        run(["encode", str(labels), "--out", str(shards), "--vae-preset", VAE_PRESET,
+        run(["encode", str(labels), "--out", str(shards), "--vae-preset", self.vae_preset,
              "--vae-weights", str(vae_weights), "--text-encoder", "minilm", "--text-max-tokens", "32",
              "--buckets", "17x64x64", "--no-progress"])
         run(["train", "--config", f"{objective}-demo", f"--data.shards={shards}", f"--run_dir={run_dir}",

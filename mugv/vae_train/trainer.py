@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 SHORTCUT_FIT_STEPS = 16
 
 
-
 def training_stage(step: int, cfg: VAERunConfig) -> tuple[str, int, int]:
     """(name, first step, length) of the stage that `step` belongs to: "spatial", "temporal"
     (`cfg.stages`), then "joint" for the rest of `train.steps`."""
